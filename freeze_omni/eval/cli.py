@@ -1,0 +1,53 @@
+"""`freeze-omni eval NAME --manifest M.jsonl` and `freeze-omni bench NAME`.
+
+Each name maps to a ``module:function`` taking the parsed args and returning a result dict; the function is
+imported only when that name runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from freeze_omni.cli import add_common, emit
+
+EVALS = {
+    "asr": "freeze_omni.eval.asr:evaluate",
+}
+BENCHES = {
+    "encoder": "freeze_omni.eval.bench:bench_encoder",
+}
+
+
+def _resolve(spec: str):
+    mod, fn = spec.split(":")
+    return getattr(importlib.import_module(mod), fn)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = add_common(sub.add_parser("eval", help="measure a model on a manifest"))
+    p.add_argument("name", choices=sorted(EVALS))
+    p.add_argument("--manifest", required=True, help="JSON Lines manifest")
+    p.add_argument("--limit", type=int, default=None, help="first N rows only")
+    p.add_argument("--mode", choices=["streaming", "full", "both"], default="both",
+                   help="asr: streaming (160 ms chunks), full attention, or both")
+    p.add_argument("--out", default=None, help="write per-item results (JSON Lines) here")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=lambda a: _run(a, EVALS))
+
+    b = add_common(sub.add_parser("bench", help="performance benchmarks (ratios and per-item times)"))
+    b.add_argument("name", choices=sorted(BENCHES))
+    b.add_argument("--threads", type=int, default=1)
+    b.add_argument("--chunks", type=int, default=100, help="chunks timed per configuration")
+    b.add_argument("--no-upstream", action="store_true", help="skip the upstream-size encoder")
+    b.set_defaults(func=lambda a: _run(a, BENCHES))
+
+
+def _run(args: argparse.Namespace, table: dict) -> int:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = _resolve(table[args.name])(args)
+    emit(args, result)
+    return 0
