@@ -1,0 +1,84 @@
+"""Stage 1 end to end through the command line: synth -> train ctc -> bundle -> transcribe / eval / bench."""
+
+import json
+import shutil
+
+import pytest
+import yaml
+
+from freeze_omni.cli import main
+
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng (make setup)")
+
+
+def _last_json(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory):
+    d = tmp_path_factory.mktemp("speech")
+    (d / "texts.txt").write_text("hello there\nwhat is the capital of france\nopen the door\nsix plus two\n")
+    assert main(["data", "synth", "--texts", str(d / "texts.txt"), "--out", str(d / "asr"), "--voices", "espeak",
+                 "--no-progress", "--json"]) == 0
+    return d / "asr" / "manifest.jsonl"
+
+
+def test_train_ctc_export_transcribe_eval_bench(tmp_path, speech, capsys):
+    cfg = {
+        "encoder": {"family": "whisper", "d_model": 32, "n_heads": 2, "d_ff": 64, "n_layers": 1, "chunk_size": 8,
+                    "left_chunks": 4},
+        "chunk_policy": {"mode": "dynamic", "static_prob": 0.5, "full_prob": 0.25, "max_chunk": 10},
+        "data": {"train": str(speech), "eval": {"seen": str(speech)}, "eval_limit": 2},
+        "augment": {"p_speed": 0.5, "p_noise": 0.5},
+        "spec_augment": {"n_freq_masks": 1, "F_width": 5, "n_time_masks": 1, "T_width": 5},
+        "train": {"out_dir": str(tmp_path / "exp"), "max_steps": 4, "lr": 1e-3, "batch_size": 2, "log_every": 1,
+                  "ckpt_every": 2, "eval_every": 2, "threads": 1},
+        "export": {"bundle": str(tmp_path / "bundle")},
+    }
+    (tmp_path / "ctc.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", "ctc", "--config", str(tmp_path / "ctc.yaml")]) == 0
+    logs = [json.loads(x) for x in (tmp_path / "exp" / "log.jsonl").read_text().splitlines()]
+    assert any("eval/wer_seen" in x for x in logs)  # held-out evaluation ran during training
+    bundle = tmp_path / "bundle"
+    assert (bundle / "bundle.yaml").is_file() and (bundle / "encoder.safetensors").is_file()
+    capsys.readouterr()
+
+    wav = next((speech.parent / "wav").glob("*.wav"))
+    assert main(["transcribe", str(wav), "--model", str(bundle), "--json"]) == 0
+    out = _last_json(capsys)
+    assert set(out) >= {"text", "duration", "rtf"} and isinstance(out["text"], str)
+
+    assert main(["eval", "asr", "--model", str(bundle), "--manifest", str(speech), "--json"]) == 0
+    res = _last_json(capsys)
+    assert res["n"] == 4 and res["skipped"] == 0 and "wer" in res and "wer_full" in res
+
+    assert main(["bench", "encoder", "--model", str(bundle), "--no-upstream", "--chunks", "5", "--json"]) == 0
+    b = _last_json(capsys)
+    assert b["tiny"]["ms_p50"] > 0 and b["tiny"]["rtf"] == pytest.approx(b["tiny"]["ms_p50"] / 160, abs=1e-4)
+
+
+def test_eval_counts_corrupt_audio(tmp_path, speech, capsys):
+    from freeze_omni.data.manifest import read_manifest, write_manifest
+    from freeze_omni.encoder.ctc import CTCHead, CharTokenizer
+    from freeze_omni.encoder.encoder import EncoderConfig, SpeechEncoder
+    from freeze_omni.train.ctc import CTCStage, export_bundle
+    from freeze_omni.encoder.masks import ChunkPolicy
+
+    enc = SpeechEncoder(EncoderConfig(d_model=32, n_heads=2, d_ff=64, n_layers=1, left_chunks=4))
+    tok = CharTokenizer()
+    export_bundle(CTCStage(enc, CTCHead(32, tok.vocab_size), ChunkPolicy()), tok, tmp_path / "b")
+    rows = read_manifest(speech)[:2]
+    (tmp_path / "bad.wav").write_bytes(b"not audio at all")
+    rows.append({"id": "bad", "audio": str(tmp_path / "bad.wav"), "text": "x"})
+    rows.append({"id": "gone", "audio": str(tmp_path / "missing.wav"), "text": "x"})
+    write_manifest(tmp_path / "m.jsonl", rows)
+    assert main(["eval", "asr", "--model", str(tmp_path / "b"), "--manifest", str(tmp_path / "m.jsonl"),
+                 "--mode", "streaming", "--json"]) == 0
+    res = _last_json(capsys)
+    assert res["n"] == 2 and res["skipped"] == 2
+
+
+def test_missing_bundle_is_a_clear_error(tmp_path, capsys):
+    assert main(["transcribe", "x.wav", "--model", str(tmp_path)]) == 2
+    assert "not a model bundle" in capsys.readouterr().err
