@@ -40,10 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     from freeze_omni.train import cli as train_cli
     from freeze_omni.encoder import cli as encoder_cli
     from freeze_omni.eval import cli as eval_cli
+    from freeze_omni.llm import cli as llm_cli
+    from freeze_omni.dialogue import cli as dialogue_cli
 
     p = argparse.ArgumentParser(prog="freeze-omni", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for mod in (encoder_cli, train_cli, eval_cli, data_cli):
+    for mod in (encoder_cli, llm_cli, dialogue_cli, train_cli, eval_cli, data_cli):
         mod.register(sub)
     return p
 

@@ -1,4 +1,4 @@
-"""``freeze-omni data …``: make training data offline (voices, synth, corpus).
+"""``freeze-omni data …``: make training data offline (voices, synth, corpus, qa).
 
 Builds parsers only; the work modules import inside the handlers.
 """
@@ -23,15 +23,15 @@ def _weights(s: str) -> dict[str, float]:
     return out
 
 
-def _add_voice_filters(p: argparse.ArgumentParser, default_engines: str) -> None:
+def _add_voice_filters(p: argparse.ArgumentParser, default_engines: str, exclude_help: str | None = None) -> None:
     p.add_argument("--voices", type=_csv, default=_csv(default_engines), metavar="ENGINES",
                    help=f"comma-separated engines among espeak, flite, piper (default: {default_engines})")
     p.add_argument("--include-voices", type=_csv, default=[], metavar="PATTERNS",
                    help="keep only voice specs matching one of these comma-separated shell patterns, "
                         "e.g. 'espeak:en-us*,flite:*'")
     p.add_argument("--exclude-voices", type=_csv, default=[], metavar="PATTERNS",
-                   help="drop voice specs matching these patterns, e.g. 'flite:rms,flite:slt,espeak:*+klatt*' "
-                        "(held-out voices)")
+                   help=exclude_help or "drop voice specs matching these patterns, e.g. "
+                                        "'flite:rms,flite:slt,espeak:*+klatt*' (held-out voices)")
 
 
 def _selected_voices(args: argparse.Namespace) -> tuple[list[str], list[str]]:
@@ -87,11 +87,69 @@ def _corpus(args: argparse.Namespace) -> int:
     return 0
 
 
+
+def _sampling_spec(s: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for item in _csv(s):
+        k, sep, v = item.partition("=")
+        if not sep or k.strip() not in ("temperature", "top_k", "top_p"):
+            raise argparse.ArgumentTypeError(f"expected temperature=T,top_k=K,top_p=P; got {item!r}")
+        out[k.strip()] = float(v)
+    return out
+
+
+def _qa(args: argparse.Namespace) -> int:
+    from freeze_omni.cli import emit
+    from freeze_omni.data.qa import build_qa
+    from freeze_omni.llm import DEFAULT_LLM, DEFAULT_SYSTEM_PROMPT
+    from freeze_omni.llm.sampling import SamplingConfig
+
+    llm_name = args.llm or DEFAULT_LLM
+    system = DEFAULT_SYSTEM_PROMPT if args.system is None else args.system
+    if args.sampling is None:
+        sampling = SamplingConfig(greedy=True, max_new_tokens=args.max_new_tokens)
+    else:
+        spec = dict(args.sampling)
+        if "top_k" in spec:
+            spec["top_k"] = int(spec["top_k"])
+        sampling = SamplingConfig(greedy=False, max_new_tokens=args.max_new_tokens, **spec)
+        import torch
+
+        torch.manual_seed(args.seed)
+
+    def load_llm():
+        from freeze_omni.llm.backbone import FrozenLLM
+
+        return FrozenLLM.load(llm_name)
+
+    train_voices: list[str] = []
+    heldout_voices: list[str] = []
+    notes: list[str] = []
+    if not args.skip_speech:
+        from freeze_omni.data.voices import select_voices
+
+        exclude = args.exclude_voices
+        specs, notes = _selected_voices(argparse.Namespace(**{**vars(args), "exclude_voices": []}))
+        heldout_voices = select_voices(specs, include=exclude) if exclude else []
+        train_voices = [v for v in specs if v not in set(heldout_voices)]
+        if not train_voices:
+            raise ValueError("no voices left for the train split (see `freeze-omni data voices`)")
+    result = build_qa(args.out, n=args.n, multi_frac=args.multi_frac, heldout_frac=args.heldout_frac,
+                      llm=load_llm, llm_name=llm_name, system=system, sampling=sampling,
+                      batch_size=args.batch_size, state2=args.state2, voices=train_voices,
+                      heldout_voices=heldout_voices, jobs=args.jobs, seed=args.seed, skip_speech=args.skip_speech,
+                      engine_weights=args.engine_weights, wordnet_dir=args.wordnet, timeout=args.timeout,
+                      progress=not args.no_progress)
+    result["notes"] = notes
+    emit(args, result)
+    return 0 if result["qa_train"] else 1
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``data`` and its subcommands to the top-level subparsers."""
     from freeze_omni.cli import add_common
 
-    p = sub.add_parser("data", help="make training data offline (voices, synth, corpus)")
+    p = sub.add_parser("data", help="make training data offline (voices, synth, corpus, qa)")
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
 
     v = dsub.add_parser("voices", help="list the synthetic voices available here (ENGINE:NAME specs)")
@@ -127,3 +185,33 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fraction of lines written to OUT_STEM.heldout.SUFFIX instead (disjoint)")
     c.add_argument("--wordnet", default="/usr/share/wordnet", help="WordNet data.* folder (default: %(default)s)")
     c.set_defaults(func=_corpus)
+
+    q = dsub.add_parser("qa", help="stage-3 Q&A data: questions, answers by the frozen LLM, question speech, "
+                                   "state-2 clips; resumable")
+    add_common(q)
+    q.add_argument("--out", required=True, help="output folder (qa_train.jsonl, qa_heldout.jsonl, "
+                                                "state2_train.jsonl, state2_heldout.jsonl, wav/, state2/)")
+    q.add_argument("--n", type=int, default=3000, help="dialogues, held-out ones included (default: 3000)")
+    q.add_argument("--multi-frac", type=float, default=0.3, help="fraction of 2-3 round dialogues (default: 0.3)")
+    q.add_argument("--heldout-frac", type=float, default=0.1,
+                   help="fraction held out, by entity and follow-up phrasing (default: 0.1)")
+    q.add_argument("--llm", default=None, help="frozen LLM reference (default: smollm2-135m-instruct)")
+    q.add_argument("--system", default=None, help="system prompt (default: the package's DEFAULT_SYSTEM_PROMPT)")
+    q.add_argument("--max-new-tokens", type=int, default=96,
+                   help="answer budget; dialogues whose answer hits it unfinished are dropped (default: 96)")
+    q.add_argument("--sampling", type=_sampling_spec, nargs="?", const="", default=None, metavar="T,K,P",
+                   help="sample instead of greedy decoding; optionally temperature=0.7,top_k=20,top_p=0.8")
+    q.add_argument("--batch-size", type=int, default=16, help="questions per LLM batch (default: 16)")
+    q.add_argument("--state2", type=int, default=400, help="state-2 (do not answer) clips (default: 400)")
+    _add_voice_filters(q, "espeak,flite", exclude_help="voices matching these patterns (e.g. 'flite:rms,"
+                       "espeak:*+klatt*') are kept out of training and speak the held-out split (unseen "
+                       "speakers); without it both splits use all voices")
+    q.add_argument("--engine-weights", type=_weights, default=_weights("espeak=3,flite=1,piper=1"),
+                   metavar="E=W,...", help="how often each engine is drawn (default: espeak=3,flite=1,piper=1)")
+    q.add_argument("--jobs", type=int, default=2, help="parallel synthesis subprocesses (default: 2)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--skip-speech", action="store_true", help="text only: no question audio, no state-2 clips")
+    q.add_argument("--timeout", type=float, default=60.0, help="seconds per utterance before giving up")
+    q.add_argument("--wordnet", default="/usr/share/wordnet", help="WordNet data.* folder (default: %(default)s)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bars")
+    q.set_defaults(func=_qa)

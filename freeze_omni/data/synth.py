@@ -190,12 +190,15 @@ def _row(job: SynthJob, wav: Path, duration: float) -> dict[str, Any]:
 
 def synth_corpus(texts: Sequence[tuple[int, str]], out_dir: str | os.PathLike, voices: Sequence[str],
                  per_text: int = 1, jobs: int = 2, seed: int = 0, timeout: float = 60.0,
-                 engine_weights: Mapping[str, float] | None = None, progress: bool = True) -> dict[str, Any]:
+                 engine_weights: Mapping[str, float] | None = None, progress: bool = True,
+                 plan: Sequence[SynthJob] | None = None, manifest_name: str = "manifest.jsonl") -> dict[str, Any]:
     """Synthesize every (text, copy) into ``out_dir/wav/ID.wav`` and write ``out_dir/manifest.jsonl``.
 
     Resumable: an id whose wav exists and is readable is kept (with its old manifest row when the text is
     unchanged); only the others are made. Failures are counted and reported, never raised. The other
     arguments are those of :func:`plan_jobs` and :func:`synthesize`; ``jobs`` is the number of threads.
+    ``plan`` gives ready-made jobs instead (their ids name the wavs; ``texts``, ``per_text``, ``seed`` and
+    ``engine_weights`` are then unused); ``manifest_name`` renames ``manifest.jsonl``.
 
     Returns:
         A summary: ``total``, ``existing`` (kept), ``synthesized``, ``failed``, ``hours`` (all rows),
@@ -204,8 +207,8 @@ def synth_corpus(texts: Sequence[tuple[int, str]], out_dir: str | os.PathLike, v
     out_dir = Path(out_dir).resolve()  # rows hold absolute paths; the manifest stores them relative to itself
     wav_dir = out_dir / "wav"
     wav_dir.mkdir(parents=True, exist_ok=True)
-    manifest = out_dir / "manifest.jsonl"
-    plan = plan_jobs(texts, voices, per_text, seed, engine_weights)
+    manifest = out_dir / manifest_name
+    plan = list(plan) if plan is not None else plan_jobs(texts, voices, per_text, seed, engine_weights)
     old = {r.get("id"): r for r in read_manifest(manifest)} if manifest.exists() else {}
 
     rows: dict[str, dict[str, Any]] = {}

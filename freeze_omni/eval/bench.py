@@ -53,3 +53,29 @@ def bench_encoder(args: argparse.Namespace) -> dict:
         torch.manual_seed(0)
         result["upstream"] = time_encoder(SpeechEncoder(upstream_config()), max(10, args.chunks // 5))
     return result
+
+
+def bench_latency(args: argparse.Namespace) -> dict:
+    """Listening cost per 160 ms chunk (encoder + adapter + LLM prefill + state head) of the bundle's model.
+
+    Speech-like noise is fed for ``--chunks`` chunks into one listening session (the first chunk of a turn also
+    carries the user prefix and prompt embeddings, and is reported apart).
+    """
+    from freeze_omni.llm.loader import load_speech_llm
+    from freeze_omni.llm.model import Listener
+
+    model, system = load_speech_llm(args.model)
+    listener = Listener(model, system)
+    rng = np.random.default_rng(0)
+    session = listener.new_session()
+    listener.timings = []
+    for _ in range(args.chunks):
+        listener.accept(session, (0.05 * rng.standard_normal(2560)).astype(np.float32))
+    steady = [t for t in listener.timings if not t["first"]]
+    total = [t["encoder"] + t["adapter"] + t["llm"] for t in steady]
+    result = {"threads": torch.get_num_threads(), "chunks": len(steady), "listen": _percentiles(total)}
+    result["listen"]["rtf"] = round(result["listen"]["ms_p50"] / (CHUNK_SECONDS * 1000.0), 4)
+    for k in ("encoder", "adapter", "llm"):
+        result[f"{k}_ms_p50"] = _percentiles([t[k] for t in steady])["ms_p50"]
+    result["first_chunk_ms"] = round(1000.0 * sum(listener.timings[0][k] for k in ("encoder", "adapter", "llm")), 2)
+    return result

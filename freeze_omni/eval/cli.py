@@ -13,9 +13,12 @@ from freeze_omni.cli import add_common, emit
 
 EVALS = {
     "asr": "freeze_omni.eval.asr:evaluate",
+    "qa": "freeze_omni.eval.qa:evaluate_qa",
+    "state": "freeze_omni.eval.qa:evaluate_state",
 }
 BENCHES = {
     "encoder": "freeze_omni.eval.bench:bench_encoder",
+    "latency": "freeze_omni.eval.bench:bench_latency",
 }
 
 

@@ -16,6 +16,8 @@ from freeze_omni.cli import add_common, emit
 # stage name -> "module:function"; the function is ``run(config: dict, resume: bool) -> int``.
 STAGES: dict[str, str] = {
     "ctc": "freeze_omni.train.ctc:run",
+    "align": "freeze_omni.train.bridge_stages:run_align",
+    "qa": "freeze_omni.train.bridge_stages:run_qa",
 }
 
 

@@ -1,0 +1,10 @@
+"""The frozen LLM: backbone wrapper (`backbone`), chat framing (`chat`), sampling (`sampling`), `ask` command (`cli`).
+
+Importing this package is cheap (no torch, no transformers); import the submodules for the code.
+"""
+
+DEFAULT_LLM = "smollm2-135m-instruct"
+"""LLM reference used when a bundle's ``bundle.yaml`` has no ``llm`` key."""
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful voice assistant. Answer briefly, in one or two sentences."
+"""System prompt used when a bundle's ``bundle.yaml`` has no ``llm`` key."""

@@ -1,0 +1,268 @@
+"""Input stages 2 and 3: connect the streaming encoder to the frozen LLM.
+
+* ``align`` (stage 2): encoder + adapter + task embeddings learn to make the frozen LLM write the transcript of
+  what was said (ASR manifests). Sequence: ``[system] [user_prefix] [task x n] [audio] [assistant_prefix]
+  [transcript + eot]``.
+* ``qa`` (stage 3): prompt embeddings + state head (encoder and adapter optionally) on spoken multi-round Q&A
+  whose answers the frozen LLM itself wrote from the text question, so that it answers the spoken question as it
+  answers the text; plus "do not answer" material (state 2). State labels, per 160 ms chunk: 0 while the user
+  speaks, 1 (2 for state-2 material) from the chunk holding the end of speech on.
+
+Config (YAML)::
+
+    init_bundle: exp/tiny-en/ctc/bundle    # encoder from stage 1 (stage 3: the stage-2 bundle)
+    llm: smollm2-135m-instruct             # default: the bundle's, else the built-in
+    system_prompt: "..."                   # default: the bundle's, else DEFAULT_SYSTEM_PROMPT
+    bridge: {adapter_kernel: 5, prompt_num: 25, transcribe_tokens: 4}
+    train_encoder: true                    # stage 3 default false
+    train_adapter: true                    # stage 3 default false
+    data: {train: M.jsonl, state2: S.jsonl, state2_frac: 0.2, max_seconds: 10, silence_chunks: [0, 3]}
+    augment: {...}                         # freeze_omni.data.augment.Augmenter fields
+    state_weight: 1.0
+    train: {...}                           # TrainConfig
+    export: {bundle: exp/tiny-en/qa/bundle}
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from freeze_omni.audio.features import extract
+from freeze_omni.audio.io import AudioError, load_audio
+from freeze_omni.bundle import Bundle
+from freeze_omni.data.augment import Augmenter
+from freeze_omni.llm.bridge import Task, UserState
+from freeze_omni.llm.model import EMBEDS_PER_CHUNK, IGNORE_INDEX, Segment, SpeechLLM
+
+log = logging.getLogger(__name__)
+CHUNK_SECONDS = 0.16
+SR = 16000
+
+
+def chunk_states(n_chunks: int, speech_end_s: float, final: int) -> list[int]:
+    """Labels per 160 ms chunk: 0 before the chunk holding ``speech_end_s``, ``final`` from it on."""
+    end_chunk = min(n_chunks - 1, int(speech_end_s / CHUNK_SECONDS))
+    return [int(UserState.LISTEN)] * end_chunk + [final] * (n_chunks - end_chunk)
+
+
+class StageModel(nn.Module):
+    """Wraps a :class:`SpeechLLM` for the trainer: batch -> sequences -> loss dict."""
+
+    def __init__(self, model: SpeechLLM, system: str, train_encoder: bool, train_adapter: bool,
+                 state_weight: float = 1.0) -> None:
+        super().__init__()
+        self.model, self.system = model, system
+        self.train_encoder, self.train_adapter, self.state_weight = train_encoder, train_adapter, state_weight
+        model.encoder.requires_grad_(train_encoder)
+        model.adapter.requires_grad_(train_adapter)
+
+    def train(self, mode: bool = True) -> "StageModel":
+        super().train(mode)
+        if not self.train_encoder:
+            self.model.encoder.eval()
+        if not self.train_adapter:
+            self.model.adapter.eval()
+        return self
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        m = self.model
+        # 1. Every utterance of the batch through encoder + adapter (streaming chunk mask).
+        with torch.set_grad_enabled(self.training and (self.train_encoder or self.train_adapter)):
+            audio, a_len = m.audio_embeds(batch["feats"], batch["feat_lens"])
+        # 2. One segment list per example, exactly as the live dialogue feeds the LLM.
+        seqs = []
+        for ex in batch["examples"]:
+            segs = [m.system_segment(self.system)]
+            for turn in ex["turns"]:
+                a = audio[turn["utt"], : int(a_len[turn["utt"]])]
+                segs += m.user_segments(a, turn.get("states"), Task(turn["task"]) if turn.get("task") else None)
+                if turn.get("answer_ids") is not None:
+                    segs += m.answer_segments(turn["answer_ids"])
+            seqs.append(segs)
+        # 3. LLM CE on answers / transcripts + state CE at chunk ends.
+        return m.loss(seqs, self.state_weight)
+
+
+class BridgeCollate:
+    """Loads and augments audio, pads silence around turns, computes features, state labels and target ids."""
+
+    def __init__(self, model: SpeechLLM, stage: str, augmenter: Optional[Augmenter], silence_chunks=(0, 3),
+                 lead_seconds: float = 0.3) -> None:
+        self.model, self.stage, self.aug = model, stage, augmenter
+        self.silence_chunks, self.lead_seconds = tuple(silence_chunks), lead_seconds
+        self.chunk_frames = model.encoder.cfg.chunk_frames
+
+    def _utt(self, wave: np.ndarray, rng: np.random.Generator, feats: list, final: Optional[int]) -> dict:
+        from freeze_omni.data.qa import speech_end
+
+        if self.aug is not None:
+            wave = self.aug(wave, rng)
+        end = speech_end(wave, SR)
+        lead = int(rng.uniform(0, self.lead_seconds) * SR)
+        tail = int(rng.integers(self.silence_chunks[0], self.silence_chunks[1] + 1) * CHUNK_SECONDS * SR)
+        wave = np.concatenate([np.zeros(lead, np.float32), wave, np.zeros(tail, np.float32)])
+        f = extract(wave, self.model.encoder.cfg.frontend)
+        n_chunks = max(1, math.ceil(f.shape[0] / self.chunk_frames))
+        f = np.pad(f, ((0, n_chunks * self.chunk_frames - f.shape[0]), (0, 0)), mode="edge")  # whole chunks
+        feats.append(torch.from_numpy(np.ascontiguousarray(f)))
+        turn = {"utt": len(feats) - 1}
+        if final is not None:
+            turn["states"] = chunk_states(n_chunks, lead / SR + end, final)
+        return turn
+
+    def __call__(self, items: list[dict]) -> Optional[dict[str, Any]]:
+        rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
+        feats: list[torch.Tensor] = []
+        examples = []
+        seconds = 0.0
+        for it in items:
+            if self.stage == "align":
+                turn = self._utt(it["wave"], rng, feats, final=None)
+                turn["task"] = int(Task.TRANSCRIBE)
+                turn["answer_ids"] = self.model.ids(it["text"].strip())
+                examples.append({"turns": [turn]})
+            elif it.get("kind") == "state2":
+                examples.append({"turns": [self._utt(it["wave"], rng, feats, final=int(UserState.IGNORE))]})
+            else:
+                turns = []
+                for t in it["turns"]:
+                    turn = self._utt(t["wave"], rng, feats, final=int(UserState.RESPOND))
+                    turn["answer_ids"] = self.model.ids(t["answer"].strip())
+                    turns.append(turn)
+                examples.append({"turns": turns})
+            seconds += sum(len(t["wave"]) for t in it.get("turns", [it])) / SR
+        if not examples:
+            return None
+        return {"feats": nn.utils.rnn.pad_sequence(feats, batch_first=True),
+                "feat_lens": torch.tensor([f.shape[0] for f in feats]),
+                "examples": examples, "audio_seconds": seconds}
+
+
+class DialogueDataset(torch.utils.data.Dataset):
+    """Q&A dialogues (``{"turns": [{"audio", "answer"}]}``) and state-2 clips (``{"audio"}``) with audio loaded;
+    an item whose audio cannot be read is ``None`` (skipped and counted by the trainer)."""
+
+    def __init__(self, rows: list[dict], max_seconds: Optional[float] = None) -> None:
+        self.rows, self.max_samples = rows, int(max_seconds * SR) if max_seconds else None
+        self.skipped = 0
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _load(self, path: str) -> Optional[np.ndarray]:
+        try:
+            w = load_audio(path)
+        except AudioError as e:
+            self.skipped += 1
+            log.warning("skipping unreadable audio: %s", e)
+            return None
+        return None if self.max_samples and len(w) > self.max_samples else w
+
+    def __getitem__(self, i: int) -> Optional[dict]:
+        row = self.rows[i]
+        if "turns" in row:
+            turns = []
+            for t in row["turns"]:
+                w = self._load(t["audio"])
+                if w is None:
+                    return None
+                turns.append({"wave": w, "answer": t["answer"]})
+            return {"kind": "qa", "turns": turns}
+        w = self._load(row["audio"])
+        return None if w is None else {"kind": "state2", "wave": w}
+
+
+def build_stage(config: dict, stage: str) -> tuple[StageModel, str, str]:
+    """The SpeechLLM to train, from ``init_bundle`` (+ overrides); returns (stage model, llm ref, system)."""
+    from freeze_omni.llm.backbone import FrozenLLM
+    from freeze_omni.llm.loader import bridge_config_from_dict, llm_settings
+    from freeze_omni.llm.loader import _load_bridge
+
+    b = Bundle(config["init_bundle"])
+    ref, system = llm_settings(b)
+    ref = config.get("llm", ref)
+    system = config.get("system_prompt", system)
+    llm = FrozenLLM.load(ref)
+    bcfg = bridge_config_from_dict({**(b.config.get("bridge") or {}), **config.get("bridge", {})})
+    encoder = b.load_encoder()
+    if "encoder_dropout" in config:
+        for mod in encoder.modules():
+            if isinstance(mod, nn.Dropout):
+                mod.p = float(config["encoder_dropout"])
+    model = SpeechLLM(encoder, llm, bcfg)
+    if b.has("bridge"):
+        _load_bridge(model, b.tensors("bridge"))
+    default_train = stage == "align"
+    sm = StageModel(model, system, bool(config.get("train_encoder", default_train)),
+                    bool(config.get("train_adapter", default_train)), float(config.get("state_weight", 1.0)))
+    if stage == "qa":  # stage 3 never changes the task embeddings (stage-2 instructions)
+        model.bridge.task_embeddings.requires_grad_(False)
+    else:  # stage 2 trains no prompt embeddings / state head
+        model.bridge.prompt_embeddings.requires_grad_(False)
+        model.bridge.predictor_head.requires_grad_(False)
+    return sm, ref, system
+
+
+def _run(config: dict, resume: bool, stage: str) -> int:
+    from freeze_omni.data.manifest import read_manifest
+    from freeze_omni.llm.loader import save_speech_llm
+    from freeze_omni.train import TrainConfig, Trainer
+
+    tcfg = TrainConfig.from_dict(config["train"])
+    sm, ref, system = build_stage(config, stage)
+    fp_before = sm.model.llm.fingerprint()
+    data = config["data"]
+    if stage == "align":
+        from freeze_omni.data.dataset import SpeechDataset
+
+        dataset = SpeechDataset(data["train"], max_duration=data.get("max_seconds"))
+    else:
+        rows = read_manifest(data["train"])
+        if data.get("state2"):
+            s2 = read_manifest(data["state2"])
+            want = int(len(rows) * float(data.get("state2_frac", 0.2)))
+            rows += [s2[i % len(s2)] for i in range(want)] if s2 else []
+        dataset = DialogueDataset(rows, data.get("max_seconds"))
+    aug = Augmenter(**config["augment"]) if config.get("augment") else None
+    collate = BridgeCollate(sm.model, stage, aug, data.get("silence_chunks", (0, 3)))
+    bundle_dir = config.get("export", {}).get("bundle", str(Path(tcfg.out_dir) / "bundle"))
+    init = Bundle(config["init_bundle"])
+
+    def on_checkpoint(path: str, step: int) -> None:
+        if sm.model.llm.fingerprint() != fp_before:
+            raise RuntimeError("the frozen LLM changed during training")
+        _copy_components(init, bundle_dir)
+        save_speech_llm(sm.model, bundle_dir, ref, system, save_encoder=sm.train_encoder)
+
+    Trainer(sm, tcfg, dataset, collate, on_checkpoint=on_checkpoint).fit(resume=resume)
+    return 0
+
+
+def _copy_components(src: Bundle, dst: str | Path) -> None:
+    """Start the exported bundle from the input bundle's files (encoder, CTC head...) and config."""
+    import shutil
+
+    from freeze_omni.bundle import write_bundle_config
+
+    dst = Path(dst)
+    if (dst / "bundle.yaml").is_file():
+        return
+    dst.mkdir(parents=True, exist_ok=True)
+    for name, fname in src.config.get("components", {}).items():
+        shutil.copy2(src.path / fname, dst / fname)
+    write_bundle_config(dst, {k: v for k, v in src.config.items() if k != "format"})
+
+
+def run_align(config: dict, resume: bool) -> int:
+    return _run(config, resume, "align")
+
+
+def run_qa(config: dict, resume: bool) -> int:
+    return _run(config, resume, "qa")

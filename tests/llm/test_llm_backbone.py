@@ -1,0 +1,235 @@
+"""FrozenLLM on tiny random Llama and Qwen2 models: streaming == offline, crop, generation, batching, frozenness."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from freeze_omni.llm.backbone import FrozenLLM, LLMState
+from freeze_omni.llm.sampling import SamplingConfig
+from freeze_omni.llm.testing import tiny_causal_lm, tiny_llm, tiny_tokenizer
+
+ARCHS = ["llama", "qwen2"]
+GREEDY = SamplingConfig(greedy=True, max_new_tokens=12)
+TOL = dict(atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(params=ARCHS)
+def llm(request) -> FrozenLLM:
+    return tiny_llm(request.param)
+
+
+def _prompt(llm: FrozenLLM, question: str = "What is the capital of France?") -> list[int]:
+    return llm.text_prompt_ids("Be brief.", question)
+
+
+def test_properties(llm):
+    assert llm.hidden_size == 32 and llm.vocab_size == 259 and llm.dtype == torch.float32
+    assert llm.eot_id == llm.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert not llm.lm.training and all(not p.requires_grad for p in llm.lm.parameters())
+    ids = _prompt(llm)
+    f = llm.framing
+    assert ids == (llm.tokenize(f.system_prefix + "Be brief.") + llm.tokenize(f.user_prefix)
+                   + llm.tokenize("What is the capital of France?") + llm.tokenize(f.assistant_prefix))
+    assert llm.embed(torch.tensor([ids])).shape == (1, len(ids), 32)
+
+
+def test_incremental_equals_full_pass(llm):
+    x = torch.randn(2, 11, 32, generator=torch.Generator().manual_seed(0))
+    h_full, l_full, st = llm.forward_embeds(x)
+    assert st is None and h_full.shape == (2, 11, 32) and l_full.shape == (2, 11, 259)
+    ref = llm.lm(inputs_embeds=x, output_hidden_states=True, use_cache=False)  # HF's own forward
+    torch.testing.assert_close(h_full, ref.hidden_states[-1], **TOL)
+    torch.testing.assert_close(l_full, ref.logits, **TOL)
+
+    state, hs, ls, t = llm.new_state(), [], [], 0
+    for n in (3, 1, 5, 2):
+        h, logits, state = llm.forward_embeds(x[:, t:t + n], state)
+        hs.append(h)
+        ls.append(logits)
+        t += n
+        assert state.length == t
+    torch.testing.assert_close(torch.cat(hs, 1), h_full, **TOL)
+    torch.testing.assert_close(torch.cat(ls, 1), l_full, **TOL)
+    # logits_for="last" is the last column of "all"
+    _, last, _ = llm.forward_embeds(x, llm.new_state(), logits_for="last")
+    torch.testing.assert_close(last, l_full[:, -1:], **TOL)
+
+
+def test_crop_rolls_back(llm):
+    g = torch.Generator().manual_seed(1)
+    a, b, c = (torch.randn(1, n, 32, generator=g) for n in (5, 4, 3))
+    state = llm.new_state()
+    llm.forward_embeds(a, state)
+    llm.forward_embeds(b, state)  # e.g. audio the state head rejected
+    assert state.length == 9
+    branch = state.clone()
+    state.crop(5)
+    assert state.length == 5 and state.cache.get_seq_length() == 5
+    h, logits, _ = llm.forward_embeds(c, state)
+
+    fresh = llm.new_state()
+    llm.forward_embeds(a, fresh)
+    h_ref, logits_ref, _ = llm.forward_embeds(c, fresh)
+    torch.testing.assert_close(h, h_ref, **TOL)
+    torch.testing.assert_close(logits, logits_ref, **TOL)
+    # the clone taken before the crop is untouched
+    assert branch.length == 9 and branch.cache.get_seq_length() == 9
+    with pytest.raises(ValueError):
+        state.crop(100)
+
+
+def _hf_greedy(llm: FrozenLLM, prompt: list[int], n: int) -> list[int]:
+    out = llm.lm.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                          do_sample=False, max_new_tokens=n, eos_token_id=llm.eot_id, pad_token_id=256)
+    ids = out[0, len(prompt):].tolist()
+    return ids[:ids.index(llm.eot_id)] if llm.eot_id in ids else ids
+
+
+def test_greedy_generate_matches_hf_and_keeps_hiddens(llm):
+    prompt = _prompt(llm)
+    ids, hiddens, state = llm.generate(llm.new_state(), llm.embed(torch.tensor([prompt])), GREEDY)
+    assert len(ids) == GREEDY.max_new_tokens and hiddens.shape == (len(ids), 32)
+    assert ids == _hf_greedy(llm, prompt, GREEDY.max_new_tokens)
+    assert state.length == len(prompt) + len(ids)  # every returned token is in the cache
+    again, _, _ = llm.generate(llm.new_state(), llm.embed(torch.tensor([prompt])), GREEDY)
+    assert again == ids
+    # hiddens[i] is the final hidden state that produced ids[i]
+    h, _, _ = llm.forward_embeds(llm.embed(torch.tensor([prompt + ids])))
+    torch.testing.assert_close(hiddens, h[0, len(prompt) - 1:len(prompt) - 1 + len(ids)], **TOL)
+
+
+def test_generate_stops_at_eot_without_feeding_it():
+    llm = tiny_llm("llama")
+    prompt = _prompt(llm)
+    ids, _, _ = llm.generate(llm.new_state(), llm.embed(torch.tensor([prompt])), GREEDY)
+    k = next(i for i in range(1, len(ids)) if ids[i] not in ids[:i])
+    # Swap the LM-head rows of ids[k] and <|im_end|>: greedy now says <|im_end|> at step k.
+    head = llm.lm.get_output_embeddings().weight
+    with torch.no_grad():
+        head[[ids[k], llm.eot_id]] = head[[llm.eot_id, ids[k]]]
+    got, hiddens, state = llm.generate(llm.new_state(), llm.embed(torch.tensor([prompt])), GREEDY)
+    assert got == ids[:k] == _hf_greedy(llm, prompt, GREEDY.max_new_tokens)
+    assert hiddens.shape == (k, 32) and state.length == len(prompt) + k
+    assert llm.answer_ids(["What is the capital of France?"], "Be brief.", GREEDY) == [(ids[:k], True)]
+
+
+def test_on_token_stops_early(llm):
+    seen = []
+
+    def on_token(tok: int, text: str) -> bool:
+        seen.append((tok, text))
+        return len(seen) < 3
+
+    prompt = _prompt(llm)
+    ids, _, state = llm.generate(llm.new_state(), llm.embed(torch.tensor([prompt])), GREEDY, on_token=on_token)
+    assert len(ids) == 3 and [t for t, _ in seen] == ids and seen[-1][1] == llm.decode(ids)
+    assert state.length == len(prompt) + 3
+
+
+def test_answer_text_batched_equals_unbatched(llm):
+    questions = ["Hi", "What is the capital of France?", "Name three colours, please.", "Why?"]
+    batched = llm.answer_text(questions, "Be brief.", GREEDY, batch_size=3)
+    single = [llm.answer_text([q], "Be brief.", GREEDY)[0] for q in questions]
+    assert batched == single
+    ids, _, _ = llm.generate(llm.new_state(), llm.embed(torch.tensor([_prompt(llm, questions[1])])), GREEDY)
+    assert single[1] == llm.decode(ids).strip()
+
+
+def test_sampled_generation_is_reproducible(llm):
+    cfg = SamplingConfig(temperature=1.0, top_k=50, top_p=0.95, max_new_tokens=8)
+    runs = [llm.answer_text(["Hi"], "Be brief.", cfg, generator=torch.Generator().manual_seed(3)) for _ in range(2)]
+    assert runs[0] == runs[1]
+
+
+class _Bridge(nn.Module):
+    """A stand-in for the trainable parts around the frozen LLM."""
+
+    def __init__(self, llm: FrozenLLM) -> None:
+        super().__init__()
+        self.llm = llm
+        self.proj = nn.Linear(8, llm.hidden_size)
+
+
+def test_llm_stays_frozen_through_training(llm):
+    before = llm.fingerprint()
+    bridge = _Bridge(llm).train()
+    assert bridge.training and bridge.llm.training and not llm.lm.training  # no dropout in the LLM, ever
+    assert [n for n, _ in bridge.named_parameters()] == ["proj.weight", "proj.bias"]
+    assert all(k.startswith("proj.") for k in bridge.state_dict())  # a bundle never copies the LLM
+    opt = torch.optim.SGD(bridge.parameters(), lr=0.1)
+    ids = torch.tensor([_prompt(llm)])
+    for _ in range(2):
+        audio = bridge.proj(torch.randn(1, 4, 8))
+        x = torch.cat([llm.embed(ids), audio], dim=1)  # [1, T+4, H]
+        hidden, logits, _ = llm.forward_embeds(x)
+        loss = logits.logsumexp(-1).mean() + hidden.pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        assert bridge.proj.weight.grad is not None and bridge.proj.weight.grad.abs().sum() > 0
+        assert all(p.grad is None for p in llm.lm.parameters())
+        opt.step()
+    assert llm.fingerprint() == before
+    # .to() reaches the (unregistered) LLM
+    bridge.to(torch.float64)
+    assert llm.dtype == torch.float64
+    bridge.to(torch.float32)
+    assert llm.fingerprint() == before
+
+
+def test_fingerprint_sees_a_change():
+    llm = tiny_llm("qwen2")
+    before = llm.fingerprint()
+    with torch.no_grad():
+        next(llm.lm.parameters()).view(-1)[0] += 1e-6
+    assert llm.fingerprint() != before
+
+
+def test_eager_and_sdpa_agree():
+    tok = tiny_tokenizer()
+    a = FrozenLLM.from_pretrained_objects(tiny_causal_lm("llama", attn_implementation="sdpa"), tok)
+    b = FrozenLLM.from_pretrained_objects(tiny_causal_lm("llama", attn_implementation="eager"), tok)
+    ids = torch.tensor([_prompt(a)])
+    state_a, state_b = a.new_state(), b.new_state()
+    for chunk in ids.split(7, dim=1):
+        ha, _, _ = a.forward_embeds(a.embed(chunk), state_a)
+        hb, _, _ = b.forward_embeds(b.embed(chunk), state_b)
+        torch.testing.assert_close(ha, hb, **TOL)
+
+
+def test_state_is_a_plain_dataclass():
+    s = LLMState()
+    assert s.cache is None and s.length == 0
+    s.crop(0)
+
+
+def test_padded_training_batch_and_step(llm):
+    """A right-padded stateless batch (training) equals each row alone; `step` equals `forward_embeds`."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 9, 32, generator=g)
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[1, 6:] = 0
+    h, _, _ = llm.forward_embeds(x, attention_mask=mask, logits_for="none")
+    h1, _, _ = llm.forward_embeds(x[1:, :6], logits_for="none")
+    torch.testing.assert_close(h[1, :6], h1[0], **TOL)
+
+    prompt = torch.tensor([_prompt(llm)])
+    state = llm.new_state()
+    llm.forward_embeds(llm.embed(prompt[:, :-1]), state, logits_for="none")
+    hs, ls = llm.step(state, prompt[0, -1:])
+    h_ref, l_ref, _ = llm.forward_embeds(llm.embed(prompt))
+    torch.testing.assert_close(hs, h_ref[:, -1], **TOL)
+    torch.testing.assert_close(ls, l_ref[:, -1], **TOL)
+    assert state.length == prompt.shape[1]
+
+
+def test_history_and_finished_flags(llm):
+    hist = [("Hi", "Hello there."), ("Who are you?", "A bot.")]
+    ids = llm.text_prompt_ids("Be brief.", "Why?", hist)
+    assert llm.tokenizer.decode(ids) == llm.framing.text("Be brief.", hist + [("Why?", None)])
+    qs, hs = ["Why?", "What now?"], [hist, []]
+    batched = llm.answer_text(qs, "Be brief.", GREEDY, history=hs)
+    assert batched == [llm.answer_text([q], "Be brief.", GREEDY, history=[h])[0] for q, h in zip(qs, hs)]
+    res = llm.answer_ids(qs, "Be brief.", GREEDY, history=hs)
+    assert all(len(a) == GREEDY.max_new_tokens and not finished for a, finished in res)  # random LM: no <|im_end|>
