@@ -342,6 +342,17 @@ _CHAINS = {
                         "What do most people say?", "What would you recommend?", "Can you cheer me up?",
                         "Do you really mean that?")),
 }
+#: A follow-up is not asked after a first question that matches its pattern (it would ask the same thing again).
+_REDUNDANT = {
+    "Who invented it?": r"who invented", "When was it invented?": r"when was", "How long do they live?": r"how long",
+    "Where do they live?": r"where do", "Are they smart?": r"smart", "Why does it matter?": r"matter",
+    "How many people live there?": r"people|population", "And what currency does it use?": r"currenc|money",
+    "What language do they speak there?": r"language", "Which continent is it on?": r"where is|continent",
+    "And what is its capital?": r"capital", "What is it famous for?": r"tell me about",
+    "What is it made of?": r"made of", "Can you use it in a sentence?": r"in a sentence",
+    "What is the plural of {x}?": r"plural", "How do you spell {x}?": r"spell",
+    "Can you tell me another one?": r"favorite|feel|like", "What about me, what should I pick?": r"joke|feel|like",
+    "Can you cheer me up?": r"favorite|joke|like"}
 _CHAIN_WEIGHTS = {"country": 3, "machine": 1, "animal": 1.5, "topic": 1.5, "task": 1.5, "word": 1.5, "math": 1.5,
                   "chitchat": 1}
 
@@ -397,7 +408,8 @@ def _multi_dialogue(rng: np.random.Generator, seed: int, heldout_frac: float, wo
     key = entity_key(first)
     split = _split_of(key, seed, heldout_frac)
     rounds = 2 if rng.random() < 0.6 else 3
-    turns, used = [first], set()
+    turns = [first]
+    used = {t for t, pat in _REDUNDANT.items() if re.search(pat, first.lower())}
     topic, generic = pools[(chain.name, split)], pools[("generic", split)]
     for _ in range(rounds - 1):
         first_choice = topic if rng.random() < 0.7 else generic
