@@ -42,10 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     from freeze_omni.eval import cli as eval_cli
     from freeze_omni.llm import cli as llm_cli
     from freeze_omni.dialogue import cli as dialogue_cli
+    from freeze_omni.decoder import cli as decoder_cli
 
     p = argparse.ArgumentParser(prog="freeze-omni", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for mod in (encoder_cli, llm_cli, dialogue_cli, train_cli, eval_cli, data_cli):
+    for mod in (encoder_cli, llm_cli, dialogue_cli, decoder_cli, train_cli, eval_cli, data_cli):
         mod.register(sub)
     return p
 

@@ -1,5 +1,5 @@
-"""Offline data making: manifests, text normalization, voices and synthesis, a text corpus, augmentation, and
-a skip-tolerant speech dataset (DESIGN.md §5).
+"""Offline data making: manifests, text normalization, voices and synthesis, a text corpus, augmentation, a
+skip-tolerant speech dataset, and the stage-3 Q&A / state-label data (DESIGN.md §5).
 
 Manifest and text helpers import eagerly; the rest (numpy/scipy/torch) loads on first use, so the CLI stays fast.
 """
@@ -19,6 +19,12 @@ _LAZY = {
     "build_corpus": "freeze_omni.data.corpus",
     "synthesize": "freeze_omni.data.synth",
     "list_voices": "freeze_omni.data.voices",
+    "build_qa": "freeze_omni.data.qa",
+    "chunk_labels": "freeze_omni.data.qa",
+    "speech_end": "freeze_omni.data.qa",
+    "turn_audio": "freeze_omni.data.qa",
+    "read_qa_manifest": "freeze_omni.data.qa",
+    "read_state2_manifest": "freeze_omni.data.qa",
 }
 
 __all__ = ["append_rows", "normalize_text", "read_manifest", "write_manifest", *_LAZY]

@@ -57,7 +57,7 @@ import logging
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -336,7 +336,7 @@ _CHAINS = {
                    ("And what is that times {c}?", "Now subtract {c} from that.", "Is the answer an even number?",
                     "What is half of that?", "Can you show me how you got that?", "And if I add {c}?",
                     "Is that a prime number?")),
-    "chitchat": _Chain("chitchat", ("What is your favorite {fav}?", "I feel {feel} today.",
+    "chitchat": _Chain("chitchat", ("What is your favorite {fav}?", "I feel {feel} today, what should I do?",
                                     "Tell me a joke about {animal}.", "Do you like {like}?"),
                        ("Why do you say that?", "What about me, what should I pick?", "Can you tell me another one?",
                         "What do most people say?", "What would you recommend?", "Can you cheer me up?",
@@ -474,15 +474,18 @@ def _gen_fingerprint(llm_name: str, system: str, sampling: Any) -> str:
 
 def _answer_batch(llm: Any, questions: list[str], histories: list[list[tuple[str, str]]], system: str,
                   sampling: Any, batch_size: int) -> list[tuple[str, bool]]:
-    """``(answer, finished)`` per question.
+    """``(answer, finished)`` per question; ``finished`` is False when the answer ran into ``max_new_tokens``.
 
-    ``answer_text`` returns text only, so an answer counts as unfinished when its re-tokenized length reaches
-    ``max_new_tokens - 1`` (one token of slack for a decode/encode round trip that merges two tokens): such
-    answers are dropped anyway, finished or not, as too long for a short spoken reply.
+    Uses ``FrozenLLM.answer_ids`` (which says whether the end-of-turn token was sampled) when the LLM has it.
+    With ``answer_text`` alone, an answer counts as unfinished when its re-tokenized length reaches
+    ``max_new_tokens - 1`` (one token of slack for a decode/encode round trip that merges two tokens).
     """
     kwargs: dict[str, Any] = {"batch_size": batch_size}
     if any(histories):
         kwargs["history"] = histories
+    if hasattr(llm, "answer_ids"):
+        return [(llm.decode(ids).strip(), bool(fin))
+                for ids, fin in llm.answer_ids(questions, system, sampling, **kwargs)]
     answers = llm.answer_text(questions, system, sampling, **kwargs)
     limit = max(1, int(sampling.max_new_tokens) - 1)
     return [(a, len(llm.tokenize(a)) < limit) for a in answers]
@@ -584,21 +587,25 @@ _ROOMS = ["kitchen", "garage", "car", "living room", "bathroom", "basement", "ha
 _TIMES = ["six", "seven thirty", "noon", "five", "eight", "nine fifteen", "half past four", "ten", "three"]
 _DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday", "tomorrow", "tonight"]
 
-#: Side talk: speech not addressed to the assistant. ``{addr}`` etc. are filled at random (:func:`side_talk`).
+#: Side talk: speech not addressed to the assistant. ``{addr}`` etc. are filled at random (:func:`_side_talk_fill`).
 SIDE_TALK = [
     # to family and friends in the room
     "{addr}, did you feed the dog?", "{addr}, where did you put the car keys?", "{addr}, have you seen my phone?",
     "{addr}, are you ready to go?", "{addr}, can you turn the music down?", "{addr}, did you lock the back door?",
-    "Who left the milk out again?", "{addr}, do you want pasta or rice tonight?", "{addr}, are you still on the phone?",
+    "Who left the milk out again?", "{addr}, do you want pasta or rice tonight?",
+    "{addr}, are you still on the phone?",
     "{addr}, did you call your grandmother back?", "Is the dryer done yet?", "{addr}, can you grab the mail?",
-    "{addr}, did you take the trash out?", "{addr}, have you done your homework?", "{addr}, can you hand me that towel?",
+    "{addr}, did you take the trash out?", "{addr}, have you done your homework?",
+    "{addr}, can you hand me that towel?",
     "Are we out of coffee again?", "Has anyone seen my glasses?", "{addr}, when are you getting home?",
     "{addr}, can you pick up some bread on the way?", "{addr}, dinner is ready!", "{addr}, turn off the TV, please.",
     "Put your shoes on, we're leaving.", "{addr}, don't forget your lunch.", "I'll be right there, {addr}.",
     "The baby is asleep, keep it down.", "{addr}, your mom called earlier.", "I'm going to the store, need anything?",
-    "{addr}, it's your turn to do the dishes.", "{addr}, the package came today.", "{addr}, where are the {obj}?",
+    "{addr}, it's your turn to do the dishes.", "{addr}, the package came today.",
+    "{addr}, where did you put the {obj}?",
     "{addr}, can you pass me the {obj}?", "Did you move my {obj}?", "{addr}, the {obj} is in the {room}.",
-    "{addr}, have you seen the {obj} anywhere?", "Don't touch the {obj}, it's wet.", "{addr}, bring me the {obj}, please.",
+    "{addr}, have you seen the {obj} anywhere?", "Don't touch the {obj}, it's wet.",
+    "{addr}, bring me the {obj}, please.",
     "{addr}, come look at this!", "{addr}, hurry up, we're going to be late.", "{addr}, what time does the game start?",
     "{addr}, did you water the plants?", "{addr}, who's picking up the kids today?", "Is it raining out there, {addr}?",
     "{addr}, can you help me carry these bags?", "{addr}, we need to leave at {time}.", "{addr}, lunch is at {time}.",
@@ -607,9 +614,10 @@ SIDE_TALK = [
     "{addr}, say thank you to your aunt.", "{addr}, where's the remote?", "{addr}, is that your jacket on the floor?",
     # on the phone
     "Hold on, I'm on the phone.", "Sorry, can I call you back in five minutes?", "Yeah, I'll be there around {time}.",
-    "No, I said {day}, not Thursday.", "Hang on, let me find a pen.", "Can you hear me now?",
+    "No, I said {day}, not next week.", "Hang on, let me find a pen.", "Can you hear me now?",
     "You're breaking up, I can't hear you.", "Okay, talk to you later, bye.", "Wait, say that again?",
-    "I'm driving, can I call you later?", "Yes, speaking.", "Sure, put him on.", "No worries, just text me the address.",
+    "I'm driving, can I call you later?", "Yes, speaking.", "Sure, put him on.",
+    "No worries, just text me the address.",
     "I'm putting you on speaker.", "Sorry, wrong number.", "Hi, it's me, are you home?", "Did you get my message?",
     "Just a second, someone's at the door.", "Let me check my calendar and get back to you.",
     "No, that's fine, {day} works for me.", "Tell her I said hi.", "Okay, love you, bye.",
@@ -629,8 +637,8 @@ SIDE_TALK = [
     "Ugh, not again.", "Now what was I going to say?", "Let me see, two cups of flour.", "Oops, I dropped it.",
     "Oh, that's annoying.", "Come on, come on, load already.", "Right, keys, wallet, phone.",
     "I really need more coffee.", "Why is this so slow today?", "I should have taken the bus.", "Okay, focus.",
-    "Wait, is it {day} already?", "Where are my {obj}?", "I know I put the {obj} somewhere.",
-    "Did I turn off the stove?", "Ah, there it is.", "Note to self, buy more {obj}.", "This printer hates me.",
+    "Wait, is it {day} already?", "Where did I leave the {obj}?", "I know I put the {obj} somewhere.",
+    "Did I turn off the stove?", "Ah, there it is.", "Note to self, buy more milk.", "This printer hates me.",
     "Okay, one thing at a time.", "What was that noise?", "I can never find anything in this {room}.",
     "Shoot, I'm late.", "Let's see what's in the fridge.", "Hmm, maybe the {color} one.",
     # pets and children

@@ -75,14 +75,8 @@ class SpeechLLM(nn.Module):
                                upstream_left_pad=cfg.upstream_left_pad)
         self.bridge = Bridge(llm.hidden_size, cfg.prompt_num, cfg.task_num, cfg.n_states)
         self.llm = llm  # frozen (FrozenLLM keeps requires_grad False and eval mode)
-        self._ids_cache: dict[str, list[int]] = {}
 
     # -- pieces -----------------------------------------------------------------------------------------------------
-    def ids(self, text: str) -> list[int]:
-        if text not in self._ids_cache:
-            self._ids_cache[text] = self.llm.tokenize(text)
-        return self._ids_cache[text]
-
     def embed_ids(self, ids: Sequence[int]) -> torch.Tensor:
         """``[T, H]`` LLM input embeddings of ``ids``."""
         return self.llm.embed(torch.tensor([list(ids)], device=self.llm.device))[0]
@@ -94,19 +88,28 @@ class SpeechLLM(nn.Module):
         return self.adapter(enc, enc_len)
 
     def system_segment(self, system: str) -> Segment:
-        return Segment(ids=self.ids(self.llm.framing.system_prefix + system))
+        return Segment(ids=self.llm.system_ids(system))
 
-    def user_segments(self, audio: torch.Tensor, states: Optional[list[int]], task: Optional[Task] = None
-                      ) -> list[Segment]:
-        """``[user_prefix] [prompt or task embeddings] [audio]`` of one user turn."""
+    def user_segments(self, audio: torch.Tensor, states: Optional[list[int]], task: Optional[Task] = None,
+                      after_answer: bool = False) -> list[Segment]:
+        """``[user_prefix] [prompt or task embeddings] [audio]`` of one user turn.
+
+        ``after_answer``: the previous segment was an answer, whose end-of-turn token is already in the sequence
+        (as the answer's last target), so the user prefix's own leading end-of-turn is not repeated; the live
+        path feeds it exactly once too (sampled, not fed; then supplied by the next user prefix).
+        """
         lead = (self.bridge.task(task, self.cfg.transcribe_tokens)[0] if task is not None
                 else self.bridge.prompt()[0])
-        return [Segment(ids=self.ids(self.llm.framing.user_prefix)), Segment(embeds=lead),
-                Segment(embeds=audio, states=states)]
+        prefix = self.llm.framing_ids(self.llm.framing.user_prefix)
+        if after_answer:
+            if prefix[:1] != [self.llm.eot_id]:
+                raise ValueError("this chat framing's user prefix does not start with the end-of-turn token")
+            prefix = prefix[1:]
+        return [Segment(ids=prefix), Segment(embeds=lead), Segment(embeds=audio, states=states)]
 
     def answer_segments(self, answer_ids: list[int]) -> list[Segment]:
         """``[assistant_prefix] [answer + eot]`` with the answer (and its end of turn) as targets."""
-        return [Segment(ids=self.ids(self.llm.framing.assistant_prefix)),
+        return [Segment(ids=self.llm.framing_ids(self.llm.framing.assistant_prefix)),
                 Segment(ids=list(answer_ids) + [self.llm.eot_id], targets=True)]
 
     # -- training ---------------------------------------------------------------------------------------------------
@@ -185,7 +188,7 @@ class Listener:
     def new_session(self) -> ListenSession:
         m = self.model
         llm_state = m.llm.new_state()
-        _, _, llm_state = m.llm.forward_embeds(m.embed_ids(m.ids(m.llm.framing.system_prefix + self.system))[None],
+        _, _, llm_state = m.llm.forward_embeds(m.embed_ids(m.llm.system_ids(self.system))[None],
                                                llm_state, logits_for="none")
         return self._fresh_turn(llm_state)
 
@@ -220,7 +223,7 @@ class Listener:
         t1 = time.perf_counter()
         emb, session.adapter = m.adapter.forward_chunk(enc, session.adapter)
         if session.chunks == 0:  # first chunk of a turn: user prefix and prompt embeddings go first
-            lead = torch.cat([m.embed_ids(m.ids(m.llm.framing.user_prefix)), m.bridge.prompt()[0]])
+            lead = torch.cat([m.embed_ids(m.llm.framing_ids(m.llm.framing.user_prefix)), m.bridge.prompt()[0]])
             emb = torch.cat([lead[None], emb], dim=1)
         t2 = time.perf_counter()
         hidden, _, session.llm = m.llm.forward_embeds(emb, session.llm, logits_for="none")
@@ -241,7 +244,7 @@ class Listener:
     def respond(self, session: ListenSession, sampling, generator=None, on_token=None):
         """Feed the assistant prefix and generate the answer: ``(ids, hiddens [N, H], text)``."""
         m = self.model
-        first = m.embed_ids(m.ids(m.llm.framing.assistant_prefix))[None]
+        first = m.embed_ids(m.llm.framing_ids(m.llm.framing.assistant_prefix))[None]
         ids, hiddens, session.llm = m.llm.generate(session.llm, first, sampling, generator=generator,
                                                    on_token=on_token)
         return ids, hiddens, m.llm.tokenizer.decode(ids, skip_special_tokens=True).strip()

@@ -80,10 +80,13 @@ class StageModel(nn.Module):
         seqs = []
         for ex in batch["examples"]:
             segs = [m.system_segment(self.system)]
+            answered = False
             for turn in ex["turns"]:
                 a = audio[turn["utt"], : int(a_len[turn["utt"]])]
-                segs += m.user_segments(a, turn.get("states"), Task(turn["task"]) if turn.get("task") else None)
-                if turn.get("answer_ids") is not None:
+                segs += m.user_segments(a, turn.get("states"), Task(turn["task"]) if turn.get("task") else None,
+                                        after_answer=answered)
+                answered = turn.get("answer_ids") is not None
+                if answered:
                     segs += m.answer_segments(turn["answer_ids"])
             seqs.append(segs)
         # 3. LLM CE on answers / transcripts + state CE at chunk ends.
@@ -126,7 +129,7 @@ class BridgeCollate:
             if self.stage == "align":
                 turn = self._utt(it["wave"], rng, feats, final=None)
                 turn["task"] = int(Task.TRANSCRIBE)
-                turn["answer_ids"] = self.model.ids(it["text"].strip())
+                turn["answer_ids"] = self.model.llm.tokenize(it["text"].strip())
                 examples.append({"turns": [turn]})
             elif it.get("kind") == "state2":
                 examples.append({"turns": [self._utt(it["wave"], rng, feats, final=int(UserState.IGNORE))]})
@@ -134,7 +137,7 @@ class BridgeCollate:
                 turns = []
                 for t in it["turns"]:
                     turn = self._utt(t["wave"], rng, feats, final=int(UserState.RESPOND))
-                    turn["answer_ids"] = self.model.ids(t["answer"].strip())
+                    turn["answer_ids"] = self.model.llm.tokenize(t["answer"].strip())
                     turns.append(turn)
                 examples.append({"turns": turns})
             seconds += sum(len(t["wave"]) for t in it.get("turns", [it])) / SR

@@ -18,6 +18,9 @@ STAGES: dict[str, str] = {
     "ctc": "freeze_omni.train.ctc:run",
     "align": "freeze_omni.train.bridge_stages:run_align",
     "qa": "freeze_omni.train.bridge_stages:run_qa",
+    "decoder": "freeze_omni.train.decoder:run_decoder",
+    "prefix": "freeze_omni.train.decoder:run_prefix",
+    "codec": "freeze_omni.train.codec:run",
 }
 
 

@@ -119,7 +119,7 @@ def test_answers_from_tiny_llm_resume(tmp_path, tiny):
 
 
 class _FakeLLM:
-    """Records calls; answers by rule: 'empty' -> '', 'long' -> 20 words, else 'ok N' (N = history length)."""
+    """Records calls; answers "empty" with "", "long" with 20 words, else "ok N" (N = history length)."""
 
     def __init__(self):
         self.calls = []
@@ -130,7 +130,7 @@ class _FakeLLM:
     def answer_text(self, questions, system, sampling, batch_size=16, history=None):
         self.calls.append((list(questions), history))
         hist = history or [[] for _ in questions]
-        return ["" if "empty" in q else " ".join(["w"] * 20) if "long" in q else f"ok {len(h)}"
+        return ["" if q == "empty" else " ".join(["w"] * 20) if q == "long" else f"ok {len(h)}"
                 for q, h in zip(questions, hist)]
 
 
@@ -205,7 +205,8 @@ def test_plan_state2_split_and_kinds():
     assert "where did i put my glasses" not in {normalize_text(i.text) for i in items}
     assert all(i.spoken for i in items if i.kind in ("side_talk", "backchannel"))
     assert len(qa.SIDE_TALK) >= 200
-    assert [i.__dict__ for i in items] == [i.__dict__ for i in qa.plan_state2(300, 0.2, 0, ["Where did I put my glasses?"])]
+    again = qa.plan_state2(300, 0.2, 0, ["Where did I put my glasses?"])
+    assert [i.__dict__ for i in items] == [i.__dict__ for i in again]
 
 
 @needs_espeak
@@ -260,11 +261,12 @@ def test_read_qa_manifest_skips_corrupt_audio(tmp_path):
 # ---------------------------------------------------------------------------------------------- CLI
 
 @needs_espeak
-def test_cli_end_to_end(tmp_path, capsys, monkeypatch, tiny):
+def test_cli_end_to_end(tmp_path, capsys, monkeypatch):
     from freeze_omni.data.cli import register
     from freeze_omni.llm.backbone import FrozenLLM
 
-    monkeypatch.setattr(FrozenLLM, "load", classmethod(lambda cls, ref, *a, **k: tiny))
+    loaded = []
+    monkeypatch.setattr(FrozenLLM, "load", classmethod(lambda cls, ref, *a, **k: loaded.append(ref) or _FakeLLM()))
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command", required=True))
     out = tmp_path / "qa"
@@ -275,7 +277,9 @@ def test_cli_end_to_end(tmp_path, capsys, monkeypatch, tiny):
     rc = args.func(args)
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rc == (0 if res["qa_train"] else 1)
-    assert res["qa_train"] + res["qa_heldout"] == res["answers"]["kept"] >= 2
+    assert loaded == ["smollm2-135m-instruct"]
+    assert res["qa_train"] + res["qa_heldout"] == res["answers"]["kept"] == res["planned"] == 8, res
+    assert res["qa_heldout"] >= 1 and res["multi_round"] >= 3
     assert res["speech"]["failed"] == 0 and res["state2"]["failed"] == 0
     assert res["state2"]["train"] + res["state2"]["heldout"] == 4
     for name in ("qa_train", "qa_heldout", "state2_train", "state2_heldout"):
@@ -286,9 +290,8 @@ def test_cli_end_to_end(tmp_path, capsys, monkeypatch, tiny):
         assert all(0 < t["speech_end"] <= t["duration"] + 1e-6 for t in r["turns"])
         held_voice = r["speaker"].startswith("espeak:en-us+f")
         assert held_voice == (r["split"] == "heldout")  # held-out voices speak only the held-out split
-    first = json.loads((out / "qa_train.jsonl").read_text().splitlines()[0]) if res["qa_train"] else None
-    if first:
-        assert first["turns"][0]["audio"].startswith("wav/")
+    first = json.loads((out / "qa_train.jsonl").read_text().splitlines()[0])
+    assert first["turns"][0]["audio"].startswith("wav/") and first["turns"][0]["answer"].startswith("ok ")
     s2 = json.loads((out / "state2_train.jsonl").read_text().splitlines()[0])
     assert s2["audio"].startswith("state2/wav/") and set(s2) >= {"id", "audio", "kind", "text"}
 
@@ -296,4 +299,4 @@ def test_cli_end_to_end(tmp_path, capsys, monkeypatch, tiny):
     args.func(args)
     res2 = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res2["answers"]["generated"] == 0 and res2["speech"]["synthesized"] == 0
-    assert res2["qa_train"] == res["qa_train"]
+    assert res2["qa_train"] == res["qa_train"] and loaded == ["smollm2-135m-instruct"]  # not loaded again

@@ -87,7 +87,7 @@ def test_loss_trains_bridge_not_llm():
     m.train()
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2)
     feats = torch.randn(2, 64, 80)
-    answer = m.ids("ok")
+    answer = m.llm.tokenize("ok")
     first = None
     for _ in range(5):
         audio, lens = m.audio_embeds(feats, torch.tensor([64, 48]))
@@ -126,3 +126,18 @@ def test_transcribe_task_segment_and_generation():
     listener2.accept(s2, _wave(0.32))
     s2 = listener2.rollback(s2)
     assert s2.llm.length == start and before > start
+
+
+def test_multi_turn_sequence_has_one_end_of_turn_between_rounds():
+    """Training feeds what the live path feeds: answer, one end-of-turn, next user prefix."""
+    m = _model()
+    f, eot = m.llm.framing, m.llm.eot_id
+    audio = torch.zeros(4, m.llm.hidden_size)
+    a1, a2 = m.llm.tokenize("four"), m.llm.tokenize("yes")
+    segs = [m.system_segment("sys")] + m.user_segments(audio, None) + m.answer_segments(a1)
+    segs += m.user_segments(audio, None, after_answer=True) + m.answer_segments(a2)
+    ids = [i for s in segs if s.ids is not None for i in s.ids]
+    text_ids = m.llm.text_prompt_ids("sys", "q2", history=[("q1", "four")]) + a2 + [eot]
+    drop_q = lambda xs: [i for i in xs if i not in m.llm.tokenize("q1") + m.llm.tokenize("q2")]  # noqa: E731
+    assert ids == drop_q(text_ids)
+    assert ids.count(eot) == text_ids.count(eot)

@@ -1,0 +1,131 @@
+"""SpeechDecoder: upstream names and shapes, LLM mapping, training mask, learning, ablation flags."""
+
+import pytest
+import torch
+
+from freeze_omni.decoder.model import (
+    DecoderConfig, SpeechDecoder, build_decoder_config, decoder_mask, decoder_tiny_en, decoder_upstream,
+)
+
+
+def test_upstream_preset_state_dict_matches_the_release_layout():
+    with torch.device("meta"):  # names and shapes only; no 660 MB of weights
+        dec = SpeechDecoder(decoder_upstream())
+    sd = {k: tuple(v.shape) for k, v in dec.state_dict().items()}
+    assert sd["embedding.weight"] == (1028, 896)
+    assert sd["norm.weight"] == (896,)
+    assert sd["out_fnn.weight"] == (1028, 896) and sd["out_fnn.bias"] == (1028,)
+    for stack, n in (("layers_pre_nn", 2), ("layers", 4), ("layers_prefix", 4)):
+        for i in range(n):
+            p = f"{stack}.{i}."
+            for proj in "qkvo":
+                assert sd[p + f"self_attn.{proj}_proj.weight"] == (896, 896)
+            assert sd[p + "mlp.gate_proj.weight"] == sd[p + "mlp.up_proj.weight"] == (4864, 896)
+            assert sd[p + "mlp.down_proj.weight"] == (896, 4864)
+            assert sd[p + "input_layernorm.weight"] == sd[p + "post_attention_layernorm.weight"] == (896,)
+        assert f"{stack}.{n}.input_layernorm.weight" not in sd
+    families = {k.split(".")[0] for k in sd}
+    assert families == {"embedding", "layers_pre_nn", "layers", "layers_prefix", "norm", "out_fnn"}
+    assert not any("inv_freq" in k for k in sd)  # rotary buffers are non-persistent, as upstream
+    assert sum(v.numel() for v in dec.parameters()) == pytest.approx(164.7e6, rel=1e-3)  # facts §1.7
+
+
+def test_tiny_en_preset_and_config_validation():
+    cfg = decoder_tiny_en()
+    assert cfg.llm_map == "project" and cfg.llm_hidden == 576 and cfg.vocab_size == 1028
+    assert (cfg.bos_id, cfg.sos_id, cfg.eos_id, cfg.pad_id) == (1024, 1025, 1026, 1027)
+    with torch.device("meta"):
+        dec = SpeechDecoder(cfg)
+    assert 8e6 < dec.num_parameters() < 11e6
+    assert DecoderConfig.from_dict(cfg.to_dict()) == cfg
+    assert build_decoder_config({"preset": "tiny_en", "n_layers": 4}, llm_hidden=960).llm_hidden == 960
+    with pytest.raises(ValueError, match="divisible"):
+        DecoderConfig(llm_hidden=576, d_model=256, n_heads=4, llm_map="split")
+    with pytest.raises(ValueError, match="n_prefix"):
+        DecoderConfig(n_layers=2, n_prefix=3)
+    with pytest.raises(ValueError, match="unknown decoder config"):
+        DecoderConfig.from_dict({"nope": 1})
+
+
+def test_split_and_project_mapping(make_decoder):
+    x = torch.randn(2, 3, 64)
+    lens = torch.tensor([3, 1])
+    split = make_decoder(llm_hidden=64, llm_map="split")  # 64 = 2 x 32
+    assert split.cfg.split_factor == 2 and not hasattr(split, "input_proj")
+    y, ylens = split.map_llm(x, lens, "text")
+    assert y.shape == (2, 6, 32) and ylens.tolist() == [6, 2]
+    assert torch.equal(y[0, 2], x[0, 1, :32]) and torch.equal(y[0, 3], x[0, 1, 32:])  # consecutive pieces
+    proj = make_decoder(llm_hidden=64, llm_map="project")
+    y, ylens = proj.map_llm(x, lens, "prefix")
+    assert y.shape == (2, 3, 32) and ylens.tolist() == [3, 1]
+    assert torch.allclose(y, proj.prefix_proj(x))
+    with pytest.raises(ValueError, match="width"):
+        proj.map_llm(torch.randn(1, 2, 16), torch.tensor([2]), "text")
+
+
+def test_training_mask():
+    # one row: prefix 1 (of 2 padded), semantic 2 (of 3), SOS+codes 3 (of 3)
+    m = decoder_mask(torch.tensor([1]), torch.tensor([2]), torch.tensor([3]), P=2, S=3, C=3)[0]
+    assert m.shape == (6, 8)
+    sem, code = m[:3], m[3:]
+    assert not sem[:, 5:].any()  # semantic rows never see codes
+    assert sem[:, 0].all() and not sem[:, 1].any()  # real prefix seen, padded prefix not
+    assert sem[:, 2:4].all() and not sem[:, 4].any()  # every real semantic position, not the padded one
+    assert code[:, 0].all() and code[:, 2:4].all() and not code[:, 4].any()
+    assert torch.equal(code[:, 5:], torch.tril(torch.ones(3, 3, dtype=torch.bool)))  # codes are causal
+
+
+def test_loss_decreases_on_a_tiny_overfit(make_decoder):
+    from freeze_omni.llm.testing import tiny_llm
+
+    llm = tiny_llm()
+    dec = make_decoder(llm_hidden=llm.hidden_size, use_prefix=True).train()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 200, (2, 6), generator=g)
+    batch = {"text_embeds": llm.embed(ids), "text_lens": torch.tensor([6, 4]),
+             "codes": torch.randint(0, 16, (2, 10), generator=g), "code_lens": torch.tensor([10, 7]),
+             "prefix": torch.randn(2, 5, llm.hidden_size, generator=g), "prefix_lens": torch.tensor([5, 3])}
+    batch["codes"][1, 7:] = dec.cfg.pad_id
+    opt = torch.optim.Adam(dec.parameters(), lr=3e-3)
+    first = None
+    for _ in range(60):
+        out = dec(batch)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        first = first if first is not None else out["loss"].item()
+    assert out["loss"].item() < 0.3 * first
+    assert out["acc"].item() > 0.8 and set(out) >= {"loss", "acc", "eos_acc"}
+    assert dec.layers_prefix[0].self_attn.k_proj.weight.grad is not None  # the prefix decoder gets gradients
+
+
+@pytest.mark.parametrize("flags", [dict(use_prefix=False), dict(use_pre_nn=False), dict(n_prefix=1)])
+def test_ablation_flags(make_decoder, flags):
+    dec = make_decoder(**flags)
+    names = {k.split(".")[0] for k in dec.state_dict()}
+    assert ("layers_prefix" in names) == dec.cfg.use_prefix
+    assert ("layers_pre_nn" in names) == dec.cfg.use_pre_nn
+    batch = {"text_embeds": torch.randn(1, 4, 32), "text_lens": torch.tensor([4]),
+             "codes": torch.randint(0, 16, (1, 5)), "code_lens": torch.tensor([5]),
+             "prefix": torch.randn(1, 3, 32), "prefix_lens": torch.tensor([3])}
+    out = dec(batch)
+    assert torch.isfinite(out["loss"])
+
+
+def test_recipe_configs_build():
+    from pathlib import Path
+
+    import yaml
+
+    from freeze_omni.train.config import TrainConfig
+
+    conf = Path(__file__).resolve().parents[2] / "recipes" / "tiny-en" / "conf"
+    for name in ("decoder", "prefix"):
+        cfg = yaml.safe_load((conf / f"{name}.yaml").read_text())
+        TrainConfig.from_dict(cfg["train"])
+        assert set(cfg) <= {"init_bundle", "codec_bundle", "llm", "system_prompt", "decoder", "train_pre_nn", "data",
+                            "train", "export"}
+        dcfg = build_decoder_config(cfg["decoder"] if name == "decoder" else {"preset": "tiny_en", **cfg["decoder"]},
+                                    llm_hidden=576, codebook_size=1024)
+        with torch.device("meta"):
+            SpeechDecoder(dcfg)

@@ -1,0 +1,77 @@
+"""Output stages 2 (`decoder`) and 3 (`prefix`) end to end through the command line, then `speak`, with a tiny
+LLM saved to disk and a tiny random codec bundle."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from freeze_omni.cli import main
+
+TINY = {"preset": "tiny_en", "d_model": 32, "n_heads": 2, "ffn": 64, "n_layers": 2, "n_pre": 1, "n_prefix": 2}
+
+
+def _train(tmp, d, stage, init, extra=None):
+    cfg = {"init_bundle": str(init), "llm": str(d / "llm"), "system_prompt": "be brief",
+           "decoder": TINY if stage == "decoder" else {"dropout": 0.1},
+           "data": {"train": str(d / ("tts.jsonl" if stage == "decoder" else "answers.jsonl")), "max_seconds": 5},
+           "train": {"out_dir": str(tmp / stage), "max_steps": 2, "lr": 1e-3, "batch_size": 2, "log_every": 1,
+                     "ckpt_every": 1, "eval_every": 1, "threads": 1},
+           "export": {"bundle": str(tmp / f"{stage}_bundle")}, **(extra or {})}
+    (tmp / f"{stage}.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", stage, "--config", str(tmp / f"{stage}.yaml")]) == 0
+    return tmp / f"{stage}_bundle"
+
+
+def _last_json(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_decoder_then_prefix_then_speak(tmp_path, disk_setup, capsys):
+    from freeze_omni.bundle import Bundle
+    from freeze_omni.decoder.model import SpeechDecoder
+
+    d = disk_setup
+    # stage 2: text -> codec tokens; codec carried over, LLM recorded, tokens cached beside the manifest
+    b2 = _train(tmp_path, d, "decoder", d / "codec", {"data": {"train": str(d / "tts.jsonl"),
+                                                              "eval": str(d / "tts.jsonl")}})
+    bundle = Bundle(b2)
+    assert bundle.has("decoder") and bundle.has("codec") and bundle.config["llm"]["ref"] == str(d / "llm")
+    assert bundle.config["decoder"]["use_prefix"] is False and bundle.config["decoder"]["codebook_size"] == 64
+    assert len(list(d.glob("tts.codes-*.pt"))) == 1
+    log = [json.loads(x) for x in (tmp_path / "decoder" / "log.jsonl").read_text().splitlines()]
+    assert any("train/acc" in x for x in log) and any("eval/loss" in x for x in log)
+    dec2 = SpeechDecoder.from_bundle(b2)
+
+    # stage 3: only the prefix decoder changes
+    b3 = _train(tmp_path, d, "prefix", b2)
+    assert len(list(d.glob("answers.prefix-*.pt"))) == 1
+    dec3 = SpeechDecoder.from_bundle(b3)
+    assert dec3.cfg.use_prefix and dec3.cfg.dropout == 0.1
+    s2, s3 = dec2.state_dict(), dec3.state_dict()
+    assert set(s3) - set(s2) and all(k.startswith(("layers_prefix.", "prefix_proj.")) for k in set(s3) - set(s2))
+    assert all(torch.equal(s2[k], s3[k]) for k in s2)  # stage 3 froze everything else
+    # resume continues from the last checkpoint (the caches are complete: no recomputation)
+    assert main(["train", "prefix", "--config", str(tmp_path / "prefix.yaml"), "--resume",
+                 "--set", "train.max_steps=3"]) == 0
+
+    # speak, with the prefix (stage-3 bundle) and without (stage-2 bundle)
+    capsys.readouterr()
+    for b, with_prefix in ((b3, True), (b2, False)):
+        out = tmp_path / f"speak_{with_prefix}.wav"
+        assert main(["speak", "Hello there, how are you? Fine.", "--out", str(out), "--model", str(b),
+                     "--top-k", "2", "--seed", "0", "--json"]) == 0
+        r = _last_json(capsys)
+        assert r["prefix"] is with_prefix and r["sample_rate"] == 16000 and r["audio"] == str(out)
+        assert set(r) >= {"audio", "sample_rate", "seconds", "rtf"} and len(r["segments"]) >= 2
+        import soundfile as sf
+
+        info = sf.info(str(out))
+        assert info.samplerate == 16000 and info.frames == round(r["seconds"] * 16000)
+        assert info.frames == r["tokens"] * 16000 // 40  # every token became hop samples
+
+
+def test_speak_needs_a_decoder(tmp_path, disk_setup, capsys):
+    rc = main(["speak", "Hi.", "--out", str(tmp_path / "x.wav"), "--model", str(disk_setup / "codec")])
+    assert rc == 2 and "no decoder" in capsys.readouterr().err
