@@ -41,11 +41,12 @@ class CodecConfig:
     n_harmonics: int = 64
     n_noise_bands: int = 64
     noise_fft_hops: int = 4  # noise STFT size in control hops
+    voiced_noise_cutoff: float = 3000.0  # Hz; voiced frames get no noise below it (0: noise everywhere)
     f0_min: float = 50.0
     f0_max: float = 500.0
     postfilter_channels: int = 0  # 0: no learned post-filter after the harmonic-plus-noise synthesis
     postfilter_dilations: tuple[int, ...] = (1, 3, 9)  # kernel 7
-    f0_teacher_forcing: bool = True  # train the synthesis on the tracked F0 (inference uses the predicted one)
+    f0_teacher_forcing: bool = True  # train the synthesis on the tracked F0 / voicing (inference: the predicted)
     # losses
     stft_sizes: tuple[int, ...] = (2048, 1024, 512, 256, 128, 64)
     mel_loss_n_fft: int = 1024

@@ -26,7 +26,7 @@ def _running_median(x: np.ndarray, width: int) -> np.ndarray:
 
 
 def yin(wave: np.ndarray, sample_rate: int, hop: int, fmin: float = 50.0, fmax: float = 500.0,
-        window: int | None = None, threshold: float = 0.15, voicing_threshold: float = 0.35,
+        window: int | None = None, threshold: float = 0.15, voicing_threshold: float = 0.5,
         silence_db: float = 45.0, smooth: int = 3,
         octave_window: int = 25) -> tuple[np.ndarray, np.ndarray]:
     """F0 and voicing per frame of ``hop`` samples.

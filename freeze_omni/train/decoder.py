@@ -57,17 +57,21 @@ class DecoderStage(nn.Module):
         self.decoder, self.llm, self.stage = decoder, llm, stage
         if stage not in ("decoder", "prefix"):
             raise ValueError(f"stage must be 'decoder' or 'prefix', got {stage!r}")
-        trained = PREFIX_PARTS + (("layers_pre_nn.",) if train_pre_nn else ()) if stage == "prefix" else None
-        # Only the K/V of the last prefix layer are used: its queries, output, MLP and second norm are dead weight
-        # (kept for upstream's layout), frozen so that DDP finds no unused parameter.
-        dead = ()
-        if stage == "prefix":
+        if stage == "decoder":
+            def trained(name: str) -> bool:
+                return not name.startswith(PREFIX_PARTS)
+        else:
+            parts = PREFIX_PARTS + (("layers_pre_nn.",) if train_pre_nn else ())
+            # Only the K/V of the last prefix layer are used: its queries, output, MLP and second norm are dead
+            # weight (kept for upstream's layout), frozen so that DDP finds no unused parameter.
             last = f"layers_prefix.{len(decoder.layers_prefix) - 1}."
             dead = tuple(last + x for x in ("self_attn.q_proj.", "self_attn.o_proj.", "post_attention_layernorm.",
                                             "mlp."))
+
+            def trained(name: str) -> bool:
+                return name.startswith(parts) and not name.startswith(dead)
         for name, p in decoder.named_parameters():
-            on = not name.startswith(PREFIX_PARTS) if trained is None else name.startswith(trained)
-            p.requires_grad_(on and not name.startswith(dead))
+            p.requires_grad_(trained(name))
 
     def train(self, mode: bool = True) -> "DecoderStage":
         super().train(mode)

@@ -60,7 +60,8 @@ def test_multi_round_structure():
     country = [d for d in multi if d.kind == "country"]
     assert country and all(d.key.startswith("country:") for d in country)
     followups = {q for d in country for q in d.questions[1:]}
-    assert followups & set(qa._CHAINS["country"].followups)  # pronoun follow-ups ("How many people live there?")
+    # pronoun follow-ups ("How many people live there?")
+    assert followups & set(qa.questions._CHAINS["country"].followups)
     for d in multi:
         assert len({normalize_text(q) for q in d.questions}) == len(d.questions)  # no repeated turn
     # held-out dialogues use only held-out follow-up phrasings

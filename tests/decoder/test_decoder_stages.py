@@ -3,7 +3,6 @@ LLM saved to disk and a tiny random codec bundle."""
 
 import json
 
-import pytest
 import torch
 import yaml
 
@@ -75,3 +74,26 @@ def test_decoder_then_prefix_then_speak(tmp_path, disk_setup, capsys):
 def test_speak_needs_a_decoder(tmp_path, disk_setup, capsys):
     rc = main(["speak", "Hi.", "--out", str(tmp_path / "x.wav"), "--model", str(disk_setup / "codec")])
     assert rc == 2 and "no decoder" in capsys.readouterr().err
+
+
+def test_what_each_stage_trains(make_decoder):
+    from freeze_omni.llm.testing import tiny_llm
+    from freeze_omni.train.decoder import DecoderStage
+
+    llm = tiny_llm()
+    batch = {"text_ids": torch.randint(0, 200, (2, 5)), "text_lens": torch.tensor([5, 3]),
+             "codes": torch.randint(0, 16, (2, 6)), "code_lens": torch.tensor([6, 4]),
+             "prefix": torch.randn(2, 4, llm.hidden_size), "prefix_lens": torch.tensor([4, 2])}
+    for stage, use_prefix in (("decoder", False), ("prefix", True)):
+        model = DecoderStage(make_decoder(llm_hidden=llm.hidden_size, use_prefix=use_prefix), llm, stage).train()
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        if stage == "prefix":
+            parts = ("decoder.layers_prefix.", "decoder.prefix_proj.")
+            assert trainable and all(n.startswith(parts) for n in trainable)
+            assert not model.decoder.layers.training and model.decoder.layers_prefix.training
+            assert "decoder.layers_prefix.1.mlp.up_proj.weight" not in trainable  # dead weight of the last layer
+        else:
+            assert "decoder.layers.0.mlp.up_proj.weight" in trainable and "decoder.input_proj.weight" in trainable
+        assert not any(n.startswith("llm") for n, _ in model.named_parameters())
+        model(batch)["loss"].backward()
+        assert all(p.grad is not None for p in model.parameters() if p.requires_grad)  # none unused (DDP)
