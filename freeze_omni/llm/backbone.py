@@ -362,26 +362,14 @@ class FrozenLLM(nn.Module):
             decoder's prefix); ``state`` now covering ``first_embeds`` and every returned token. A sampled
             end-of-turn token is not fed (the next ``user_prefix`` supplies it).
         """
-        if first_embeds.dim() != 3 or first_embeds.shape[0] != 1:
-            raise ValueError(f"first_embeds must be [1, T, H], got {tuple(first_embeds.shape)}")
-        hidden, logits, state = self.forward_embeds(first_embeds, state, logits_for="last")
-        ids: list[int] = []
-        hiddens: list[torch.Tensor] = []
-        while len(ids) < sampling.max_new_tokens:
-            tok = int(sample_next(logits[:, -1], sampling, generator))
-            if tok in self._stop_ids:
+        from freeze_omni.llm.generation import TokenGenerator
+
+        gen = TokenGenerator(self, state, first_embeds, sampling, generator)
+        while (tok := gen.next()) is not None:
+            if on_token is not None and not gen.done and on_token(tok, self.decode(gen.ids)) is False:
                 break
-            ids.append(tok)
-            hiddens.append(hidden[0, -1])
-            stop = len(ids) >= sampling.max_new_tokens
-            if not stop and on_token is not None:
-                stop = on_token(tok, self.decode(ids)) is False
-            step = self.embed(torch.tensor([[tok]], device=self.device))
-            hidden, logits, state = self.forward_embeds(step, state, logits_for="none" if stop else "last")
-            if stop:
-                break
-        h = torch.stack(hiddens) if hiddens else first_embeds.new_zeros(0, self.hidden_size, dtype=self.dtype)
-        return ids, h, state
+        gen.close()
+        return gen.ids, gen.hidden_matrix(), state
 
     @torch.no_grad()
     def answer_text(

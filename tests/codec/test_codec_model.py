@@ -1,5 +1,7 @@
 """Codec geometry, encode/decode shapes, presets, bundle round trip, and that training reduces the loss."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -100,3 +102,16 @@ def test_bundle_round_trip(tmp_path):
     m.load_state_dict(rounded)
     tokens = torch.randint(0, m.codebook_size, (1, 20))
     torch.testing.assert_close(loaded.decode(tokens), m.decode(tokens), atol=1e-5, rtol=0)
+
+
+def test_the_recipe_config_builds():
+    import yaml
+
+    from freeze_omni.train import TrainConfig
+
+    root = Path(__file__).resolve().parents[2]
+    conf = yaml.safe_load((root / "recipes" / "tiny-en" / "conf" / "codec.yaml").read_text())
+    cfg = build_codec_config(conf["codec"])
+    assert (cfg.sample_rate, cfg.frame_rate, cfg.codebook_size) == (16000, 40, 1024)
+    assert TrainConfig.from_dict(conf["train"]).batch_size == 16
+    assert set(conf) <= {"codec", "init", "segment_seconds", "adversarial", "data", "train", "export"}
