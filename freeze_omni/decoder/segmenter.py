@@ -86,6 +86,11 @@ class TextSegmenter:
         self._pending = _Pending()
         self._index = 0
 
+    @property
+    def text(self) -> str:
+        """The answer's text so far, up to the last complete delta (what a client may be shown)."""
+        return self._text
+
     def push(self, token_id: int, hidden: torch.Tensor | None = None) -> list[Segment]:
         """Add one answer token (and the ``[H]`` hidden state that produced it); returns the segment completed by
         it (a list of 0 or 1)."""
