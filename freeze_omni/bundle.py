@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 import yaml
@@ -69,12 +69,15 @@ def encoder_config_from_dict(d: dict) -> EncoderConfig:
 
 
 def save_component(bundle_dir: str | os.PathLike, name: str, state: dict[str, torch.Tensor],
-                   dtype: torch.dtype = torch.float16) -> str:
-    """Write ``name.safetensors`` (floating tensors cast to ``dtype``) atomically; returns the file name."""
+                   dtype: torch.dtype = torch.float16, keep_fp32: Iterable[str] = ()) -> str:
+    """Write ``name.safetensors`` (floating tensors cast to ``dtype``, those named in ``keep_fp32`` to float32)
+    atomically; returns the file name."""
     bundle_dir = Path(bundle_dir)
     bundle_dir.mkdir(parents=True, exist_ok=True)
     fname = f"{name}.safetensors"
-    tensors = {k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).contiguous().cpu()
+    keep = set(keep_fp32)
+    tensors = {k: (v.detach().to(torch.float32 if k in keep else dtype) if v.is_floating_point()
+                   else v.detach()).contiguous().cpu()
                for k, v in state.items()}
     tmp = bundle_dir / f"{fname}.tmp"
     save_file(tensors, str(tmp))

@@ -43,10 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     from freeze_omni.llm import cli as llm_cli
     from freeze_omni.dialogue import cli as dialogue_cli
     from freeze_omni.decoder import cli as decoder_cli
+    from freeze_omni.server import cli as server_cli
+    from freeze_omni.upstream import cli as upstream_cli
 
     p = argparse.ArgumentParser(prog="freeze-omni", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for mod in (encoder_cli, llm_cli, dialogue_cli, decoder_cli, train_cli, eval_cli, data_cli):
+    for mod in (encoder_cli, llm_cli, dialogue_cli, decoder_cli, train_cli, eval_cli, data_cli, upstream_cli,
+                server_cli):
         mod.register(sub)
     return p
 

@@ -145,11 +145,24 @@ def _qa(args: argparse.Namespace) -> int:
     return 0 if result["qa_train"] else 1
 
 
+def _assistant(args: argparse.Namespace) -> int:
+    from freeze_omni.cli import emit
+    from freeze_omni.data.assistant import build_answer_speech
+    from freeze_omni.llm import DEFAULT_LLM
+    from freeze_omni.llm.backbone import FrozenLLM
+
+    llm = FrozenLLM.load(args.llm or DEFAULT_LLM)  # only its tokenizer is used
+    result = build_answer_speech(args.answers, args.out, llm.tokenize, llm.decode, voice=args.voice, jobs=args.jobs,
+                                 timeout=args.timeout, limit=args.limit, progress=not args.no_progress)
+    emit(args, result)
+    return 0 if result["train"] or result["eval"] else 1
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``data`` and its subcommands to the top-level subparsers."""
     from freeze_omni.cli import add_common
 
-    p = sub.add_parser("data", help="make training data offline (voices, synth, corpus, qa)")
+    p = sub.add_parser("data", help="make training data offline (voices, synth, corpus, qa, assistant)")
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
 
     v = dsub.add_parser("voices", help="list the synthetic voices available here (ENGINE:NAME specs)")
@@ -215,3 +228,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--wordnet", default="/usr/share/wordnet", help="WordNet data.* folder (default: %(default)s)")
     q.add_argument("--no-progress", action="store_true", help="no progress bars")
     q.set_defaults(func=_qa)
+
+    a = dsub.add_parser("assistant", help="output stage 3 data: the Q&A answers (answers.jsonl of `data qa`) cut "
+                                          "into live segments and spoken in the assistant voice; resumable")
+    add_common(a)
+    a.add_argument("--answers", required=True, help="answers.jsonl written by `freeze-omni data qa`")
+    a.add_argument("--out", required=True, help="output folder (wav/, manifest.jsonl, train.jsonl, eval.jsonl)")
+    a.add_argument("--llm", default=None, help="frozen LLM whose tokenizer cuts the answers (default: the built-in)")
+    a.add_argument("--voice", default="piper:joe", help="the assistant voice (default: %(default)s)")
+    a.add_argument("--limit", type=int, default=None, help="first N dialogues only")
+    a.add_argument("--jobs", type=int, default=2, help="parallel synthesis workers (default: 2)")
+    a.add_argument("--timeout", type=float, default=60.0, help="seconds per utterance before giving up")
+    a.add_argument("--no-progress", action="store_true", help="no progress bar")
+    a.set_defaults(func=_assistant)

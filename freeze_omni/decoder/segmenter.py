@@ -163,6 +163,8 @@ def normalize_tts(text: str, lang: str = "en") -> str:
     repeated commas; end with ``.`` ``?`` or ``!`` (a trailing ``, ; :`` becomes ``.``, otherwise ``.`` is added).
     ``"zh"``: upstream's rules (facts §1.9): also drop newlines, remove spaces after ``.``/``:``, ``"1. X"`` ->
     ``"1：X"``, end with ``。`` unless the text ends in ``。？！.?!``.
+    ``"upstream"``: the released server's post-processing exactly, for any language (parity, used by converted
+    upstream bundles); see :func:`_normalize_upstream`.
 
     >>> normalize_tts("**Paris** (the capital) is big,")
     'Paris, the capital, is big.'
@@ -171,6 +173,8 @@ def normalize_tts(text: str, lang: str = "en") -> str:
     >>> normalize_tts("Why?")
     'Why?'
     """
+    if lang == "upstream":
+        return _normalize_upstream(text)
     if lang == "zh":
         t = text.replace("、", "，")
         t = re.sub(r"[()（）]", "，", t)
@@ -198,3 +202,31 @@ def normalize_tts(text: str, lang: str = "en") -> str:
     if end and end[-1] in ".?!":
         return t
     return t + "."
+
+
+_CJK = re.compile(r"[\u4e00-\u9fa5]")
+
+
+def _normalize_upstream(text: str) -> str:
+    """Upstream's TTS text post-processing (parity; ``reference/freeze_omni_facts.md`` §1.9), in order:
+
+    1. ``、`` -> ``，``; ``(`` ``)`` -> ``,``; ``（`` ``）`` -> ``，``;
+    2. drop ``\\n \\r \\t`` and ``* _ ` ~``;
+    3. remove the whitespace after every ``.`` or ``:`` (so ``"Hi. Yes"`` becomes ``"Hi.Yes"``, as upstream);
+    4. list numbers: in text with a CJK character, ``"1. X"`` -> ``"1：X"`` before a CJK or Latin letter;
+       otherwise ``"1. X"`` -> ``"1:X"`` before any word character (so ``"3.5"`` becomes ``"3:5"``, as upstream);
+    5. end with ``。？！.?!``: a trailing ``,，;；:：、`` becomes ``。``, otherwise ``。`` is appended.
+
+    >>> _normalize_upstream("Steps: 1. Boil (water)")
+    'Steps:1:Boil ,water。'
+    """
+    t = text.replace("、", "，").replace("(", ",").replace(")", ",").replace("（", "，").replace("）", "，")
+    t = re.sub(r"[\n\r\t*_`~]", "", t)
+    t = re.sub(r"([.:])\s+", r"\1", t)
+    if _CJK.search(t):
+        t = re.sub(r"(\d+)\.\s*([\u4e00-\u9fa5A-Za-z])", r"\1：\2", t)
+    else:
+        t = re.sub(r"(\d+)\.\s*(\w)", r"\1:\2", t)
+    if t and t[-1] not in "。？！.?!":
+        t = t[:-1] + "。" if t[-1] in ",，;；:：、" else t + "。"
+    return t

@@ -64,7 +64,8 @@ class ChunkAttention(nn.Module):
             x: ``[B, T, D]`` current frames.
             mask: ``[B or 1, T, Tc + T]`` bool (True = attend) or ``None`` (attend to everything).
             cache_k, cache_v: ``[B, H, Tc, d_k]`` keys/values of earlier frames, or ``None``.
-            key_pos: ``[Tc + T, D]`` sinusoid of each key's position (rel-pos variant only).
+            key_pos: ``[Tc + T, D]`` (or ``[B, Tc + T, D]``) sinusoid of each key's position (rel-pos variant
+                only).
 
         Returns:
             ``(out [B, T, D], k [B, H, Tc + T, d_k], v [B, H, Tc + T, d_k])``.
@@ -78,7 +79,8 @@ class ChunkAttention(nn.Module):
         attn_mask = None if mask is None else mask[:, None, :, :]  # [B, 1, T, Tk]
         if self.rel_pos:
             assert key_pos is not None, "rel-pos attention needs key positions"
-            p = self.linear_pos(key_pos).view(-1, self.h, self.d_k).transpose(0, 1)  # [H, Tk, d_k]
+            p = self.linear_pos(key_pos)  # [Tk, D], or [B, Tk, D] with per-row positions (batched sessions)
+            p = p.view(*p.shape[:-1], self.h, self.d_k).transpose(-3, -2)  # [H, Tk, d_k] or [B, H, Tk, d_k]
             # (q + v) . p_j enters as an additive bias; (q + u) . k_j is the content term.
             bias = torch.matmul(q + self.pos_bias_v[None, :, None, :], p.transpose(-1, -2)) / math.sqrt(self.d_k)
             if attn_mask is not None:

@@ -56,11 +56,14 @@ def bench_encoder(args: argparse.Namespace) -> dict:
 
 
 def bench_latency(args: argparse.Namespace) -> dict:
-    """Listening cost per 160 ms chunk (encoder + adapter + LLM prefill + state head) of the bundle's model.
+    """Listening cost per 160 ms chunk (encoder + adapter + LLM prefill + state head) of the bundle's model, and,
+    when the bundle can speak, the response latency from the end-of-turn decision to the first audio sample
+    (streaming vs cascade, :mod:`freeze_omni.eval.latency`).
 
-    Speech-like noise is fed for ``--chunks`` chunks into one listening session (the first chunk of a turn also
-    carries the user prefix and prompt embeddings, and is reported apart).
+    Listening: speech-like noise is fed for ``--chunks`` chunks into one listening session (the first chunk of a
+    turn also carries the user prefix and prompt embeddings, and is reported apart).
     """
+    from freeze_omni.dialogue.speech import SpeechOutput, has_speech
     from freeze_omni.llm.loader import load_speech_llm
     from freeze_omni.llm.model import Listener
 
@@ -78,4 +81,21 @@ def bench_latency(args: argparse.Namespace) -> dict:
     for k in ("encoder", "adapter", "llm"):
         result[f"{k}_ms_p50"] = _percentiles([t[k] for t in steady])["ms_p50"]
     result["first_chunk_ms"] = round(1000.0 * sum(listener.timings[0][k] for k in ("encoder", "adapter", "llm")), 2)
+    listener.timings = None
+    bundle = Bundle(args.model)
+    if has_speech(bundle):
+        from freeze_omni.eval.latency import latency_table_rows, question_waves, response_latency
+        from freeze_omni.eval.table import print_table
+
+        speech = SpeechOutput.from_bundle(bundle, model.llm)
+        waves = question_waves(getattr(args, "manifest", None), getattr(args, "questions", 20))
+        resp = response_latency(listener, speech, waves, getattr(args, "max_new_tokens", 64),
+                                getattr(args, "seed", 0))
+        result["response"] = resp
+        print_table(f"Decision -> first audio, ms ({resp['n']} questions, {result['threads']} threads; "
+                    f"streaming/cascade p50 {resp['ratio_p50']})",
+                    ["stage", "stream p50", "stream p90", "cascade p50", "cascade p90"], latency_table_rows(resp),
+                    to_stderr=getattr(args, "json", False))
+    else:
+        result["response"] = None
     return result

