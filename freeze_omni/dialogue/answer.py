@@ -136,7 +136,7 @@ class AnswerStream:
         self.source, self.decode, self.speech, self.cascade = source, decode, speech, cascade
         self.t0 = time.perf_counter() if t0 is None else t0
         self.per_step, self.lead_seconds = max(1, speech_tokens_per_step), lead_seconds
-        self.segmenter = TextSegmenter(decode)
+        self.segmenter = TextSegmenter(decode, speech.segmenter if speech is not None else None)
         self.gen = speech.new_generator(seed) if speech is not None else None
         self.codec_stream = StreamingCodecDecoder(speech.codec, speech.streaming) if speech is not None else None
         self.pending: deque[Segment] = deque()  # complete segments not yet prefilled
@@ -215,7 +215,7 @@ class AnswerStream:
             audio = np.concatenate(pcm) if pcm else np.zeros(0, np.float32)
         hid = self.source.hiddens
         return AnswerResult(self.answer_text(), self.ids, torch.stack(hid) if hid else None, audio,
-                            self.sample_rate, self.latency_ms(), [s.segment.tts_text for s in self.spoken],
+                            self.sample_rate, self.latency_ms(), [self.speech.normalize(s.segment.text) for s in self.spoken],
                             [list(s.state.tokens) for s in self.spoken])
 
     def answer_text(self) -> str:
@@ -265,7 +265,7 @@ class AnswerStream:
             if text.strip():
                 self._mark("first_text")
         for seg in segments if self.speech is not None else []:
-            if seg.tts_text:
+            if self.speech.normalize(seg.text):
                 self.pending.append(seg)
                 self._mark("first_segment")
         return events
@@ -274,7 +274,7 @@ class AnswerStream:
         sp = self.speech
         if self.current is None:  # prefill the next segment
             seg = self.pending.popleft()
-            tts = seg.tts_text
+            tts = sp.normalize(seg.text)
             hidden = seg.hidden if sp.needs_hidden else None
             state = self.gen.start(self.gen.text_embeds(tts), hidden, self.gen.cfg.limit(tts))
             self.current = _Speaking(seg, state)

@@ -5,15 +5,7 @@ from __future__ import annotations
 import argparse
 
 from freeze_omni.cli import add_common, emit
-
-
-def add_sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--greedy", action="store_true", help="greedy decoding (deterministic)")
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--top-k", type=int, default=20)
-    p.add_argument("--top-p", type=float, default=0.8)
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
+from freeze_omni.llm.cli import add_sampling_args, sampling_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,13 +17,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None)
     add_sampling_args(p)
     p.set_defaults(func=_chat)
-
-
-def sampling_from_args(args: argparse.Namespace):
-    from freeze_omni.llm.sampling import SamplingConfig
-
-    return SamplingConfig(greedy=args.greedy, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                          max_new_tokens=args.max_new_tokens)
 
 
 def _chat(args: argparse.Namespace) -> int:

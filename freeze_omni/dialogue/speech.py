@@ -16,10 +16,12 @@ from typing import Any, Optional, Union
 import torch
 
 from freeze_omni.bundle import Bundle, BundleError
-from freeze_omni.codec.model import Codec
 from freeze_omni.codec.streaming import StreamingConfig
+from freeze_omni.codec.ticodec import load_codec
 from freeze_omni.decoder.generator import GenerationConfig, SpeechGenerator, answer_hidden
 from freeze_omni.decoder.model import SpeechDecoder
+from freeze_omni.decoder.segmenter import SegmenterConfig, normalize_tts
+from freeze_omni.settings import PipelineSettings
 
 SPEECH_PARTS = (("decoder", "decoder"), ("codec", "codec"))  # (component, training stage that makes it)
 
@@ -43,19 +45,23 @@ class SpeechOutput:
 
     Attributes:
         decoder: the speech decoder (eval mode).
-        codec: the codec (eval mode).
+        codec: the codec (eval mode): ours, or upstream's TiCodec in a converted bundle.
         llm: the frozen LLM (embeds each segment's text; its width must be the decoder's ``llm_hidden``).
         generation: AR sampling of codec tokens (top-k) and per-segment length limits.
         streaming: codec window geometry and splicing.
+        segmenter: where answers are cut into segments.
+        tts_lang: the text normalisation of each segment (:func:`~freeze_omni.decoder.segmenter.normalize_tts`).
         use_prefix: give the LLM hidden states to the prefix decoder (False: the ablation "w/o prefix", which with
             a stage-3 decoder is exactly the stage-2 decoder, stage 3 having frozen everything else).
     """
 
     decoder: SpeechDecoder
-    codec: Codec
+    codec: Any
     llm: Any
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    tts_lang: str = "en"
     use_prefix: bool = True
 
     def __post_init__(self) -> None:
@@ -68,15 +74,15 @@ class SpeechOutput:
 
     @classmethod
     def from_bundle(cls, bundle: Union[str, Bundle], llm: Any, top_k: Optional[int] = None) -> "SpeechOutput":
-        """Load the decoder and codec of a bundle. Sampling comes from the bundle's optional ``generation``
-        section (:class:`GenerationConfig` fields; default top-k 2 as upstream), ``top_k`` overriding it."""
+        """Load the decoder and codec of a bundle, with the bundle's pipeline settings
+        (:class:`~freeze_omni.settings.PipelineSettings`: ``generation`` — default top-k 2 as upstream, ``top_k``
+        overriding it —, ``streaming``, ``segmenter``, ``tts_lang``)."""
         bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
         require_speech(bundle)
-        gen = GenerationConfig(**(bundle.config.get("generation") or {}))
-        if top_k is not None:
-            gen = dataclasses.replace(gen, top_k=top_k)
-        stream = StreamingConfig(**(bundle.config.get("streaming") or {}))
-        return cls(SpeechDecoder.from_bundle(bundle), Codec.from_bundle(bundle), llm, gen, stream)
+        settings = PipelineSettings.from_bundle(bundle)
+        gen = settings.generation_config(**({} if top_k is None else {"top_k": top_k}))
+        return cls(SpeechDecoder.from_bundle(bundle), load_codec(bundle), llm, gen, settings.streaming_config(),
+                   settings.segmenter_config(), settings.tts_lang)
 
     def with_options(self, **changes: Any) -> "SpeechOutput":
         """A copy sharing the models with other settings (``top_k=…`` changes the generation config;
@@ -84,6 +90,10 @@ class SpeechOutput:
         if "top_k" in changes:
             changes["generation"] = dataclasses.replace(self.generation, top_k=changes.pop("top_k"))
         return dataclasses.replace(self, **changes)
+
+    def normalize(self, text: str) -> str:
+        """A segment's text as the speech decoder gets it."""
+        return normalize_tts(text, self.tts_lang)
 
     @property
     def sample_rate(self) -> int:

@@ -9,7 +9,7 @@ from typing import Any, Optional
 import torch
 
 from freeze_omni.bundle import Bundle, encoder_config_dict, save_component, write_bundle_config
-from freeze_omni.llm import DEFAULT_LLM, DEFAULT_SYSTEM_PROMPT
+from freeze_omni.llm import llm_reference
 from freeze_omni.llm.backbone import FrozenLLM
 from freeze_omni.llm.chat import ChatFraming
 from freeze_omni.llm.model import BridgeConfig, SpeechLLM
@@ -25,8 +25,7 @@ def bridge_config_from_dict(d: Optional[dict]) -> BridgeConfig:
 
 def llm_settings(bundle: Bundle) -> tuple[str, str]:
     """``(llm reference, system prompt)`` of a bundle (defaults: the built-in SmolLM2 and our voice prompt)."""
-    llm = bundle.config.get("llm", {}) or {}
-    return llm.get("ref", DEFAULT_LLM), llm.get("system_prompt", DEFAULT_SYSTEM_PROMPT)
+    return llm_reference(bundle.config)
 
 
 FRAMINGS = {"chatml": ChatFraming.chatml, "qwen2_upstream": ChatFraming.qwen2_upstream}

@@ -14,7 +14,8 @@ from freeze_omni.cli import main
 from freeze_omni.llm import DEFAULT_LLM, DEFAULT_SYSTEM_PROMPT
 from freeze_omni.llm.backbone import FrozenLLM
 from freeze_omni.llm.chat import ChatFraming
-from freeze_omni.llm.cli import llm_settings
+from freeze_omni.llm import llm_reference
+from freeze_omni.llm.cli import bundle_config
 from freeze_omni.llm.sampling import SamplingConfig
 
 GREEDY = SamplingConfig(greedy=True, max_new_tokens=24)
@@ -47,7 +48,8 @@ def test_builtin_generate_matches_answer_text(smollm2):
 
 def test_ask_command(tmp_path, capsys):
     (tmp_path / "bundle.yaml").write_text("llm:\n  ref: smollm2-135m-instruct\n  system_prompt: Answer in one word.\n")
-    assert llm_settings(tmp_path) == {"ref": DEFAULT_LLM, "system_prompt": "Answer in one word."}
+    assert llm_reference(bundle_config(tmp_path)) == (DEFAULT_LLM, "Answer in one word.")
+    assert bundle_config(tmp_path / "no-bundle-here") == {}
     assert main(["ask", "What is the capital of France?", "--greedy", "--max-new-tokens", "16", "--json",
                  "--model", str(tmp_path / "no-bundle-here")]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
