@@ -8,15 +8,16 @@ session's LLM context and reads the state head, and (3) advances its answer by o
 through the pure :func:`~freeze_omni.dialogue.state.transition`; :meth:`_act` carries out the actions.
 
 Barge-in: speech during an answer pauses the answer's text generation with the LLM cache covering exactly the
-tokens generated (:meth:`PausableGenerator.settle`), then the speech is fed on top. RESPOND cuts the answer: the
-cache keeps the assistant prefix and the tokens whose audio has gone out, the user's speech is re-fed after them,
-and a new answer starts. IGNORE (or silence, or the turn limit) crops the speech away and the answer resumes
-where it was. Old turns are evicted at turn boundaries (:meth:`Context.maybe_evict`), so a session of any length
-runs in bounded memory.
+tokens generated (:meth:`~freeze_omni.dialogue.speaking.PausableGenerator.settle`), then the speech is fed on
+top. RESPOND cuts the answer: the cache keeps the assistant prefix and the tokens whose audio has gone out, the
+user's speech is re-fed after them, and a new answer starts. IGNORE (or silence, or the turn limit) crops the
+speech away and the answer resumes where it was. Old turns are evicted at turn boundaries
+(:meth:`Context.maybe_evict`), so a session of any length runs in bounded memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -26,21 +27,18 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from freeze_omni.audio.features import StreamingFrontend
 from freeze_omni.dialogue import events as ev
-from freeze_omni.dialogue.answer import Audio, AnswerStream, Done, TextDelta
-from freeze_omni.dialogue.batching import adapt_chunks, encode_chunks
-from freeze_omni.dialogue.context import Context, Piece
+from freeze_omni.dialogue.context import Context
+from freeze_omni.dialogue.listening import ChunkListener
 from freeze_omni.dialogue.metrics import Metrics
 from freeze_omni.dialogue.scheduler import Scheduler
-from freeze_omni.dialogue.session import Packet, Session, Turn
+from freeze_omni.dialogue.session import Packet, Session
+from freeze_omni.dialogue.speaking import Speaker
 from freeze_omni.dialogue.state import Action, Phase, Signal, answering, transition, turn_open
-from freeze_omni.dialogue.vad import VADConfig, VADModel, VADStream
+from freeze_omni.dialogue.vad import SileroVAD, VADConfig, VADModel, VADStream
 from freeze_omni.llm.bridge import UserState
-from freeze_omni.llm.generation import TokenGenerator
 
 log = logging.getLogger(__name__)
-HOP = 160  # input samples per feature frame (10 ms at 16 kHz)
 
 
 @dataclass
@@ -75,16 +73,8 @@ class EngineConfig:
     vad: VADConfig = field(default_factory=VADConfig)
 
 
-class PausableGenerator(TokenGenerator):
-    """A :class:`TokenGenerator` that can stop between tokens with the cache covering exactly :attr:`ids`."""
-
-    @torch.no_grad()
-    def settle(self) -> None:
-        """Feed the last returned token now (what the next :meth:`next` would do first), so that the LLM state
-        covers exactly the returned ids; sampling resumes from the same logits."""
-        if self._unfed is not None and not self._done:
-            hidden, logits = self.llm.step(self.state, [self._unfed])
-            self._hidden, self._logits, self._unfed = hidden[0], logits, None
+class PromptTooLong(ValueError):
+    """A system prompt that does not fit in the session's context."""
 
 
 class DialogueEngine:
@@ -96,34 +86,33 @@ class DialogueEngine:
         system_prompt: the default system prompt.
         sampling: the answer's :class:`~freeze_omni.llm.sampling.SamplingConfig`.
         cfg: serving knobs.
-        vad_model: shared VAD model (default: silero; falls back to an energy gate only if asked).
+        vad_model: the VAD model all sessions share (default: :class:`~freeze_omni.dialogue.vad.SileroVAD`).
     """
 
     def __init__(self, model: Any, speech: Any, system_prompt: str, sampling: Any,
-                 cfg: EngineConfig = EngineConfig(), vad_model: Optional[VADModel] = None) -> None:
-        from freeze_omni.dialogue.vad import SileroVAD
-
-        self.model, self.speech, self.system_prompt, self.sampling, self.cfg = model.eval(), speech, system_prompt, \
-            sampling, cfg
-        self.llm = model.llm
+                 cfg: Optional[EngineConfig] = None, vad_model: Optional[VADModel] = None) -> None:
+        cfg = cfg or EngineConfig()
+        self.model, self.llm, self.speech, self.cfg = model.eval(), model.llm, speech, cfg
+        self.system_prompt, self.sampling = system_prompt, sampling
         self.vad_model = vad_model if vad_model is not None else SileroVAD()
-        self.packet = model.encoder.cfg.chunk_frames * HOP
-        self.max_turn_chunks = max(1, int(cfg.max_turn_seconds * 16000 / self.packet))
         self.metrics = Metrics()
+        self.listener = ChunkListener(self.model, self.metrics)
+        self.packet = self.listener.packet
+        self.max_turn_chunks = max(1, int(cfg.max_turn_seconds * 16000 / self.packet))
         self.scheduler = Scheduler(self.process, self._release, cfg.workers, cfg.max_batch if cfg.batching else 1)
         self.sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
         self._count = 0
-        self._user_prefix = self.llm.framing_ids(self.llm.framing.user_prefix)
-        self._assistant_prefix = self.llm.framing_ids(self.llm.framing.assistant_prefix)
+        self.speaker = Speaker(self)
         self.metrics.gauge("sessions_active", lambda: len(self.sessions), "open sessions")
         self.metrics.gauge("workers", lambda: self.scheduler.n_workers, "worker threads")
         self.metrics.gauge("workers_busy", lambda: self.scheduler.busy_workers, "workers in a round")
         self.metrics.gauge("sessions_ready", lambda: self.scheduler.queued, "sessions waiting for a worker")
 
     @classmethod
-    def from_bundle(cls, path: str, cfg: EngineConfig = EngineConfig(), vad: str = "silero") -> "DialogueEngine":
-        """Load a bundle: listening side, and the speaking side when the bundle has one."""
+    def from_bundle(cls, path: str, cfg: Optional[EngineConfig] = None, vad: str = "silero",
+                    device: str = "cpu") -> "DialogueEngine":
+        """Load a bundle onto ``device``: listening side, and the speaking side when the bundle has one."""
         from freeze_omni.bundle import Bundle
         from freeze_omni.dialogue.speech import SpeechOutput, has_speech
         from freeze_omni.dialogue.vad import load_vad
@@ -134,6 +123,10 @@ class DialogueEngine:
         bundle = Bundle(path)
         speech = SpeechOutput.from_bundle(bundle, model.llm) if has_speech(bundle) else None
         sampling = PipelineSettings.from_bundle(bundle).sampling_config()
+        model.to(device)
+        if speech is not None:
+            speech.decoder.to(device)
+            speech.codec.to(device)
         return cls(model, speech, system, sampling, cfg, load_vad(vad))
 
     # ------------------------------------------------------------------ lifecycle
@@ -193,6 +186,8 @@ class DialogueEngine:
 
     # ------------------------------------------------------------------ a worker round
     def process(self, batch: list[Session]) -> dict[Session, tuple[bool, Optional[float]]]:
+        """One round for each session of ``batch`` (the scheduler's callback; see the module docstring).
+        Returns, per session, whether it has more work now and when a paced answer wants to be woken."""
         rows: list[tuple[Session, Packet, np.ndarray]] = []
         with torch.inference_mode():
             for s in batch:
@@ -205,24 +200,35 @@ class DialogueEngine:
             out = {}
             for s in batch:
                 wake = self._guard(s, self._answer_step, s)
-                out[s] = (s.has_work() or self._answer_ready(s), wake)
+                out[s] = (not s.closed and (s.has_work() or self._answer_ready(s)), wake)
         return out
 
     def _guard(self, s: Session, fn: Any, *args: Any) -> Any:
         """Run one session's work; an exception resets that session's conversation, never the others'."""
+        if s.closed:
+            return None
         try:
             return fn(*args)
         except Exception as e:
             log.exception("session %s failed", s.id)
             self.metrics.counter("errors_total", code="internal_error")
-            s.emit(ev.SessionError("internal_error", f"{type(e).__name__}: {e}"))
-            self._reset(s, s.system_prompt)
+            s.emit(ev.SessionError("internal_error", f"{type(e).__name__}: {e}; the conversation starts over"))
+            try:
+                self._reset(s, s.system_prompt)
+            except Exception:  # cannot even start over: end the session
+                log.exception("session %s cannot recover; closing it", s.id)
+                s.emit(ev.SessionError("internal_error", "the session is closed"))
+                self.close_session(s)
             return None
 
     # ------------------------------------------------------------------ input
     def _intake(self, s: Session) -> None:
         if s.ctx is None:
-            self._reset(s, s.system_prompt)
+            try:
+                self._reset(s, s.system_prompt)
+            except PromptTooLong as e:
+                s.emit(ev.SessionError("system_prompt_too_long", f"{e}; using the default prompt"))
+                self._reset(s, self.system_prompt)
         for cmd in s.take_commands():
             if cmd.kind == "audio":
                 s.samples_in += len(cmd.data)
@@ -236,12 +242,14 @@ class DialogueEngine:
                     s.vad_enabled = bool(cmd.data["vad"])
                 prompt = cmd.data["system_prompt"]
                 if prompt is not None and prompt != s.system_prompt:
-                    self._reset(s, prompt)
+                    try:
+                        self._reset(s, prompt)
+                    except PromptTooLong as e:
+                        s.emit(ev.SessionError("system_prompt_too_long", str(e)))
                 s.emit(ev.SessionUpdated(s.system_prompt, s.vad_enabled))
 
     def _next_chunk(self, s: Session) -> Optional[tuple[Packet, np.ndarray]]:
         """Run the VAD over new packets until the open turn has a chunk to encode; return it (or None)."""
-        cf = self.model.encoder.cfg.chunk_frames
         while True:
             t = s.turn
             if t is not None and t.feed:
@@ -249,9 +257,8 @@ class DialogueEngine:
                 if pkt.samples is None:  # end of input
                     self._end_turn(s, Signal.END_OF_INPUT)
                     continue
-                t.pending = np.concatenate([t.pending, t.frontend.accept(pkt.samples)])
-                if len(t.pending) >= cf:
-                    feats, t.pending = t.pending[:cf], t.pending[cf:]
+                feats = self.listener.features(t, pkt)
+                if feats is not None:
                     return pkt, feats
                 continue
             if not s.packets:
@@ -263,14 +270,10 @@ class DialogueEngine:
             if turn_open(s.phase):
                 s.turn.feed.append(pkt)
             return
-        start = end = False
         if s.vad_enabled:
-            for e in s.vad.process(pkt.samples):
-                ms = e.sample * 1000 // 16000
-                s.emit(ev.SpeechStarted(ms) if e.kind == "start" else ev.SpeechStopped(ms))
-                start, end = start or e.kind == "start", end or e.kind == "end"
-        elif s.phase == Phase.IDLE:
-            start = True
+            start, end = self.listener.vad(s, pkt)
+        else:  # no gate: all audio is speech while the assistant is silent
+            start, end = s.phase == Phase.IDLE, False
         if turn_open(s.phase):
             pkt.speech_end = end
             s.turn.feed.append(pkt)
@@ -279,50 +282,34 @@ class DialogueEngine:
         if start:
             self._signal(s, Signal.SPEECH_START)
 
-    # ------------------------------------------------------------------ listening
     def _listen(self, rows: list[tuple[Session, Packet, np.ndarray]]) -> None:
-        m = self.model
-        t0 = time.perf_counter()
-        feats = torch.from_numpy(np.stack([f for _, _, f in rows])).to(self.llm.device)  # [B, cf, 80]
-        if len(rows) > 1:
-            enc, enc_caches = encode_chunks(m.encoder, feats, [s.turn.enc for s, _, _ in rows])
-            emb, ad_caches = adapt_chunks(m.adapter, enc, [s.turn.adapter for s, _, _ in rows])
+        """Encode one chunk per session (batched), then feed each to its session's LLM context."""
+        if len(rows) == 1:
+            emb = self._guard(rows[0][0], self.listener.encode, [rows[0][0]], [rows[0][2]])
+            if emb is None:
+                return
         else:
-            enc, c = m.encoder.forward_chunk(feats, rows[0][0].turn.enc)
-            emb, a = m.adapter.forward_chunk(enc, rows[0][0].turn.adapter)
-            enc_caches, ad_caches = [c], [a]
-        share = (time.perf_counter() - t0) / len(rows)
-        self.metrics.counter("batches_total")
-        self.metrics.counter("batched_chunks_total", len(rows))
+            try:
+                emb = self.listener.encode([s for s, _, _ in rows], [f for _, _, f in rows])
+            except Exception:  # one bad session must not take the others down: encode them one by one
+                log.exception("batched encoding failed; encoding the %d sessions one by one", len(rows))
+                for row in rows:
+                    self._listen([row])
+                return
         for b, (s, pkt, _) in enumerate(rows):
-            s.turn.enc, s.turn.adapter = enc_caches[b], ad_caches[b]
-            t1 = time.perf_counter()
-            self._guard(s, self._feed_chunk, s, pkt, emb[b])
-            self.metrics.counter("listen_compute_seconds_total", share + time.perf_counter() - t1)
-            self.metrics.counter("listen_audio_seconds_total", self.packet / 16000)
+            self._guard(s, self._verdict, s, pkt, emb[b])
 
-    def _feed_chunk(self, s: Session, pkt: Packet, emb: torch.Tensor) -> None:
-        """One encoded chunk ``[2, H]`` into the session's LLM context; act on the state head's verdict."""
-        t = s.turn
-        pieces = [Piece.of_embeds(emb)]
-        if t.chunks == 0:  # the turn's lead: user prefix and prompt embeddings
-            pieces = [Piece.of_ids(self._user_prefix), Piece(prompt=True, length=self.model.cfg.prompt_num)] + pieces
-        t.chunks += 1
-        if pkt.preroll:  # verdicts on audio from before the onset are not used: feed it with the first live chunk
-            t.deferred += pieces
+    def _verdict(self, s: Session, pkt: Packet, emb: torch.Tensor) -> None:
+        verdict = self.listener.feed(s, pkt, emb)
+        if verdict is None:
             return
-        hidden = s.ctx.feed(t.deferred + pieces)
-        t.deferred = []
-        self.metrics.counter("listen_chunks_total")
-        self.metrics.observe("chunk_latency_seconds", time.perf_counter() - pkt.t)
-        verdict = self.model.bridge.predictor_head.decide(hidden)
         if verdict == UserState.RESPOND:
             self._end_turn(s, Signal.RESPOND)
         elif verdict == UserState.IGNORE:
             self._end_turn(s, Signal.IGNORE)
         elif pkt.speech_end:
             self._end_turn(s, Signal.SPEECH_END)
-        elif t.chunks >= self.max_turn_chunks:
+        elif s.turn.chunks >= self.max_turn_chunks:
             self._end_turn(s, Signal.TURN_LIMIT)
 
     def _end_turn(self, s: Session, signal: Signal) -> None:
@@ -334,40 +321,18 @@ class DialogueEngine:
 
     # ------------------------------------------------------------------ answering
     def _answer_ready(self, s: Session) -> bool:
-        return s.answer is not None and not (s.paused and not s.gen.done) and self._lead_wait(s) is None
-
-    def _lead_wait(self, s: Session) -> Optional[float]:
-        """Seconds to wait before the next answer step so audio stays ``answer_lead_seconds`` ahead of playback."""
-        lead = self.cfg.answer_lead_seconds
-        if lead is None or s.first_audio_t is None or not self.sample_rate:
-            return None
-        ahead = s.audio_out / self.sample_rate - (time.monotonic() - s.first_audio_t)
-        return ahead - lead if ahead > lead else None
+        return self.speaker.ready(s)
 
     def _answer_step(self, s: Session) -> Optional[float]:
-        """One unit of the answer; returns the ``time.monotonic()`` to come back at when paced."""
+        """One unit of the answer (unless paced); returns the ``time.monotonic()`` to come back at when the
+        answer is (now) paced."""
         if s.answer is None or (s.paused and not s.gen.done):
             return None
-        wait = self._lead_wait(s)
-        if wait is not None:
-            return time.monotonic() + wait
-        t0 = time.perf_counter()
-        events = s.answer.step()
-        self.metrics.counter("answer_compute_seconds_total", time.perf_counter() - t0)
-        for e in events:
-            if isinstance(e, TextDelta):
-                s.emit(ev.ResponseText(s.response_id, e.text))
-            elif isinstance(e, Audio):
-                if s.first_audio_t is None:
-                    s.first_audio_t = time.monotonic()
-                    self.metrics.observe("first_audio_seconds", time.perf_counter() - s.decision_t)
-                s.audio_out += len(e.pcm)
-                self.metrics.counter("answer_audio_seconds_total", len(e.pcm) / e.sample_rate)
-                s.emit(ev.ResponseAudio(s.response_id, e.pcm, e.sample_rate))
-            elif isinstance(e, Done):
-                self._signal(s, Signal.ANSWER_DONE)
+        if self.speaker.lead_wait(s) is None and self.speaker.step(s):
+            self._signal(s, Signal.ANSWER_DONE)
         self._show_state(s)
-        return None
+        wait = self.speaker.lead_wait(s) if s.answer is not None else None
+        return None if wait is None else time.monotonic() + wait
 
     # ------------------------------------------------------------------ the state machine
     def _signal(self, s: Session, signal: Signal) -> None:
@@ -379,16 +344,7 @@ class DialogueEngine:
 
     def _act(self, s: Session, a: Action) -> None:
         if a == Action.OPEN_TURN:
-            m = self.model
-            dev = self.llm.device
-            t = Turn(StreamingFrontend(m.encoder.cfg.frontend), m.encoder.init_cache(1, dev),
-                     m.adapter.init_cache(1, dev), barge_in=s.phase == Phase.OVERLAP)
-            ring = list(s.ring)
-            s.ring.clear()
-            for p in ring[:-1]:
-                p.preroll = True
-            t.feed.extend(ring)
-            s.turn = t
+            self.listener.open_turn(s, barge_in=s.phase == Phase.OVERLAP)
         elif a == Action.ROLLBACK_TURN:
             s.ctx.rollback_turn()
             s.turn = None
@@ -398,47 +354,18 @@ class DialogueEngine:
             s.ctx.commit_turn()
             s.turn = None
         elif a == Action.START_ANSWER:
-            self._start_answer(s)
+            self.speaker.start(s)
         elif a == Action.PAUSE_ANSWER:
             s.gen.settle()
             s.paused = True
         elif a == Action.RESUME_ANSWER:
             s.paused = False
         elif a in (Action.INTERRUPT_ANSWER, Action.CANCEL_ANSWER):
-            self._stop_answer(s, "interrupted" if a == Action.INTERRUPT_ANSWER else "cancelled")
+            self.speaker.stop(s, "interrupted" if a == Action.INTERRUPT_ANSWER else "cancelled")
         elif a == Action.FINISH_ANSWER:
-            s.ctx.end_answer(self._assistant_prefix, s.gen.ids)
-            self._done(s, "completed", s.answer.answer_text())
+            self.speaker.finish(s)
             if s.phase == Phase.IDLE:
                 s.ctx.maybe_evict()
-
-    def _start_answer(self, s: Session) -> None:
-        s.ctx.maybe_evict()
-        s.ctx.begin_answer()
-        s.decision_t = time.perf_counter()
-        prefix = s.ctx.embed(Piece.of_ids(self._assistant_prefix))[None]
-        s.gen = PausableGenerator(self.llm, s.ctx.state, prefix, self.sampling, s.generator)
-        s.response_id += 1
-        s.answer = AnswerStream(s.gen, self.llm.decode, self.speech, seed=s.seed * 1000 + s.response_id,
-                                t0=s.decision_t)
-        s.paused, s.audio_out, s.first_audio_t = False, 0, None
-        s.emit(ev.ResponseStarted(s.response_id))
-
-    def _stop_answer(self, s: Session, status: str) -> None:
-        """Cut the answer now; the context keeps what was spoken (and re-feeds an open barge-in turn after it)."""
-        s.answer.cancel()
-        ids = s.gen.ids
-        keep = len(ids) if self.cfg.keep_unspoken else len(s.answer.spoken_ids)
-        s.ctx.end_answer(self._assistant_prefix, ids, keep)
-        s.emit(ev.StateChanged("interrupted"))
-        s.shown_state = "interrupted"
-        self._done(s, status, self.llm.decode(ids[:keep]).strip())
-
-    def _done(self, s: Session, status: str, text: str) -> None:
-        s.emit(ev.ResponseDone(s.response_id, text, status, s.answer.latency_ms()))
-        self.metrics.counter("responses_total", status=status)
-        s.answer = s.gen = None
-        s.paused, s.first_audio_t = False, None
 
     def _show_state(self, s: Session) -> None:
         if answering(s.phase):
@@ -450,12 +377,19 @@ class DialogueEngine:
             s.emit(ev.StateChanged(state))
 
     def _reset(self, s: Session, system_prompt: str) -> None:
-        """A new conversation for ``s`` (first use, new system prompt, or after an error)."""
+        """A new conversation for ``s`` (first use, new system prompt, or after an error). Raises
+        :class:`PromptTooLong` (and changes nothing) when the prompt does not fit in the context."""
+        ids = self.llm.system_ids(system_prompt)
+        keep = self.cfg.keep_context if self.cfg.keep_context is not None else self.cfg.max_context // 2
+        if len(ids) >= keep:
+            raise PromptTooLong(f"the system prompt has {len(ids)} tokens; at most {keep - 1} fit")
         if s.answer is not None:
-            s.answer.cancel()
-            self._done(s, "cancelled", "")
-        s.system_prompt = system_prompt
+            with contextlib.suppress(Exception):
+                s.answer.cancel()
+            self.speaker.done(s, "cancelled", "")
         s.turn, s.phase, s.paused = None, Phase.IDLE, False
-        s.ctx = Context(self.llm, self.llm.system_ids(system_prompt), lambda: self.model.bridge.prompt()[0],
-                        self.cfg.max_context, self.cfg.keep_context)
+        s.ctx = None
+        s.ctx = Context(self.llm, ids, lambda: self.model.bridge.prompt()[0], self.cfg.max_context,
+                        self.cfg.keep_context)
+        s.system_prompt = system_prompt
         self._show_state(s)

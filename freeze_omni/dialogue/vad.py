@@ -134,8 +134,8 @@ class VADEvent:
 class VADStream:
     """One stream's VAD: model state, leftover samples and the start/end rule. Feed any number of samples."""
 
-    def __init__(self, model: VADModel, cfg: VADConfig = VADConfig()) -> None:
-        self.model, self.cfg = model, cfg
+    def __init__(self, model: VADModel, cfg: Optional[VADConfig] = None) -> None:
+        self.model, self.cfg = model, cfg or VADConfig()
         self.state = model.new_state()
         self.leftover = np.zeros(0, np.float32)
         self.samples = 0  # samples scored so far

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.responses import JSONResponse, PlainTextResponse
+
 from freeze_omni.server import protocol as P
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
@@ -27,8 +30,8 @@ class ServerSettings:
         max_users: concurrent sessions; one more gets an ``error`` ``busy`` event and is closed.
         token: if set, clients must present it (``Authorization: Bearer TOKEN`` or ``?token=TOKEN``); also
             guards ``/metrics``.
-        allowed_origins: browser origins allowed to open ``/ws``. None: requests without an ``Origin`` header
-            (non-browser clients), same-origin pages and localhost pages; ``["*"]``: any.
+        allowed_origins: browser origins allowed to open ``/ws`` (requests without an ``Origin`` header, i.e.
+            not from a web page, always pass). None: same-origin pages and localhost pages; ``["*"]``: any.
         max_message_bytes: largest client message handled; larger ones get ``message_too_large`` and are dropped
             (messages over 4x this close the connection with 1009 at the websocket layer).
         max_prompt_chars: longest system prompt.
@@ -62,11 +65,12 @@ class ServerSettings:
         return hmac.compare_digest(given.encode(), self.token.encode())
 
     def origin_ok(self, origin: Optional[str], host: Optional[str]) -> bool:
-        if self.allowed_origins is not None:
-            return "*" in self.allowed_origins or (origin is not None and origin.rstrip("/") in
-                                                   [o.rstrip("/") for o in self.allowed_origins])
+        """Browsers always send ``Origin``; a request without one is not from a web page (and any other client
+        could forge the header anyway), so it passes: the token is what guards those."""
         if origin is None:
             return True
+        if self.allowed_origins is not None:
+            return "*" in self.allowed_origins or origin.rstrip("/") in [o.rstrip("/") for o in self.allowed_origins]
         parts = urlsplit(origin)
         return parts.hostname in LOCAL_HOSTS or (host is not None and parts.netloc == host)
 
@@ -81,11 +85,8 @@ class ServerState:
     connections: set = field(default_factory=set)
 
 
-def create_app(engine: Any, settings: Optional[ServerSettings] = None) -> Any:
+def create_app(engine: Any, settings: Optional[ServerSettings] = None) -> FastAPI:
     """The ASGI app serving ``engine`` (started on app startup, stopped on shutdown)."""
-    from fastapi import FastAPI, Request, WebSocket
-    from fastapi.responses import JSONResponse, PlainTextResponse
-
     from freeze_omni.server.ws import handle_connection
 
     state = ServerState(engine, settings or ServerSettings())

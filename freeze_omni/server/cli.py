@@ -34,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--idle-timeout", type=float, default=120.0, help="seconds without client messages")
     p.add_argument("--max-session", type=float, default=3600.0, help="seconds a connection may last")
     p.add_argument("--max-message-bytes", type=int, default=65536, help="largest client message handled")
+    p.add_argument("--device", default="cpu", help="torch device of the model (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: cores / workers)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=_serve)
@@ -53,7 +54,7 @@ def _serve(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // args.workers))
     cfg = EngineConfig(workers=args.workers, batching=not args.no_batching, max_batch=args.max_batch,
                        max_context=args.max_context)
-    engine = DialogueEngine.from_bundle(args.model, cfg, vad=args.vad)
+    engine = DialogueEngine.from_bundle(args.model, cfg, vad=args.vad, device=args.device)
     engine.warmup()
     origins = [o.strip() for o in args.allowed_origins.split(",") if o.strip()] if args.allowed_origins else None
     settings = ServerSettings(max_users=args.max_users, token=args.token or None, allowed_origins=origins,
@@ -63,8 +64,10 @@ def _serve(args: argparse.Namespace) -> int:
     scheme = "wss" if args.tls_cert else "ws"
     print(f"freeze-omni: serving {args.model} on {scheme}://{args.host}:{args.port}/ws "
           f"({args.workers} worker(s), up to {args.max_users} users)", flush=True)
+    # no access log: a browser's token travels in the query string (?token=...) and must not land in logs
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, ws_max_size=4 * args.max_message_bytes,
-                ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key, ws_ping_interval=20.0, ws_ping_timeout=20.0)
+                ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key, ws_ping_interval=20.0, ws_ping_timeout=20.0,
+                access_log=False)
     return 0
 
 

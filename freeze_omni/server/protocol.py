@@ -58,6 +58,7 @@ E_TOO_LARGE = "message_too_large"
 E_OVERFLOW = "input_overflow"  # audio arrives faster than it can be processed; dropped
 E_IDLE = "idle_timeout"  # the connection is closed
 E_SESSION_TIMEOUT = "session_timeout"  # the connection is closed
+E_PROMPT_TOO_LONG = "system_prompt_too_long"  # more tokens than the session's context keeps; not applied
 E_INTERNAL = "internal_error"
 
 # websocket close codes

@@ -126,3 +126,24 @@ def letters_only(llm: Any, chars: str = "abcdefghijklmnopqrstuvwxyz .,") -> None
         head.bias[keep] = 0.0
     head.requires_grad_(False)
     llm.lm.set_output_embeddings(head)
+
+
+def tiny_engine(bundle: Any, answer_tokens: int = 30, **cfg: Any) -> Any:
+    """A :class:`~freeze_omni.dialogue.engine.DialogueEngine` over a tiny random bundle
+    (:func:`freeze_omni.dialogue.testing.save_tiny_bundle`) that behaves predictably: the state head always says
+    RESPOND (change with :func:`force_state`), answers are letters and punctuation of ``answer_tokens`` tokens,
+    2 workers, audio paced 1 s ahead, VAD silence of 300 ms ends speech. ``cfg``: :class:`EngineConfig` fields."""
+    import torch
+
+    from freeze_omni.dialogue.engine import DialogueEngine, EngineConfig
+    from freeze_omni.dialogue.vad import VADConfig
+    from freeze_omni.llm.bridge import UserState
+    from freeze_omni.llm.sampling import SamplingConfig
+
+    torch.set_num_threads(1)
+    cfg = {"workers": 2, "answer_lead_seconds": 1.0, "vad": VADConfig(min_silence_ms=300), **cfg}
+    engine = DialogueEngine.from_bundle(str(bundle), EngineConfig(**cfg))
+    force_state(engine.model, UserState.RESPOND)
+    letters_only(engine.llm)
+    engine.sampling = SamplingConfig(max_new_tokens=answer_tokens)
+    return engine

@@ -219,3 +219,24 @@ def test_a_failing_session_recovers(bundle):
     s.flush()
     drive(engine, s)
     assert rec.of(ev.ResponseDone)[-1].status == "completed"
+
+
+def test_paced_answer_is_woken_by_the_scheduler(bundle):
+    """Audio at most ``answer_lead_seconds`` ahead of playback: the answer sleeps on the scheduler's timers."""
+    engine = make_engine(bundle, greedy=False, max_new_tokens=40, answer_lead_seconds=0.2, workers=1)
+    s, rec = open_session(engine, vad=False)
+    s.push_audio(np.zeros(SR // 4, np.float32))
+    s.flush()
+    t0 = time.monotonic()
+    engine.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not rec.of(ev.ResponseDone) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        engine.stop()
+    elapsed = time.monotonic() - t0
+    audio = sum(len(a.pcm) for a in rec.of(ev.ResponseAudio)) / engine.sample_rate
+    assert rec.of(ev.ResponseDone)[0].status == "completed" and len(rec.of(ev.ResponseAudio)) > 2
+    last_chunk = len(rec.of(ev.ResponseAudio)[-1].pcm) / engine.sample_rate
+    assert elapsed > audio - last_chunk - 0.2 - 0.1  # not (much) faster than real time

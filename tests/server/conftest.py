@@ -5,9 +5,7 @@ import time
 
 import numpy as np
 import pytest
-import torch
-
-from freeze_omni.server.testing import pcm16
+from freeze_omni.server.testing import pcm16, tiny_engine
 
 SR = 16000
 
@@ -19,29 +17,13 @@ def bundle(tmp_path_factory):
     return save_tiny_bundle(tmp_path_factory.mktemp("server"))
 
 
-def make_engine(bundle, **cfg):
-    from freeze_omni.dialogue.engine import DialogueEngine, EngineConfig
-    from freeze_omni.dialogue.vad import VADConfig
-    from freeze_omni.llm.bridge import UserState
-    from freeze_omni.llm.sampling import SamplingConfig
-    from freeze_omni.server.testing import force_state, letters_only
-
-    torch.set_num_threads(1)
-    cfg = {"workers": 2, "answer_lead_seconds": 1.0, "vad": VADConfig(min_silence_ms=300), **cfg}
-    engine = DialogueEngine.from_bundle(str(bundle), EngineConfig(**cfg))
-    force_state(engine.model, UserState.RESPOND)
-    letters_only(engine.llm)
-    engine.sampling = SamplingConfig(max_new_tokens=30)
-    return engine
-
-
 @pytest.fixture(scope="module")
 def served(bundle):
     """(server thread, engine) with max_users=2 and a 16 kB message limit."""
     from freeze_omni.server.app import ServerSettings, create_app
     from freeze_omni.server.testing import ServerThread
 
-    engine = make_engine(bundle)
+    engine = tiny_engine(bundle)
     engine.warmup()
     with ServerThread(create_app(engine, ServerSettings(max_users=2, max_message_bytes=16000))) as srv:
         yield srv, engine
@@ -53,7 +35,8 @@ class Client:
     def __init__(self, url: str, **kw) -> None:
         from websockets.sync.client import connect
 
-        self.ws = connect(url, open_timeout=10, max_size=None, **kw)
+        self._conn = connect(url, open_timeout=10, max_size=None, **kw)
+        self.ws = self._conn.__enter__()
         self.log: list = []
         self.created = self.next_json()
 
@@ -87,7 +70,7 @@ class Client:
             self.ws.send(pcm16(wave[s:s + frame]))
 
     def close(self) -> None:
-        self.ws.close()
+        self._conn.__exit__(None, None, None)
 
     def types(self) -> list:
         return [m["type"] if isinstance(m, dict) else "audio" for m in self.log]

@@ -51,8 +51,8 @@ def test_spoken_question_gets_text_and_audio(served, client_of):
     text = "".join(m["delta"] for m in c.log if isinstance(m, dict) and m["type"] == "response.text.delta")
     assert text.strip() == done["text"]
     states = [m["state"] for m in c.log if isinstance(m, dict) and m["type"] == "state"]
-    assert states[:4] == ["listening", "thinking", "speaking", "listening"] or states[-3:] == [
-        "thinking", "speaking", "listening"]
+    assert states == ["listening", "thinking", "speaking"]
+    assert c.event("state")["state"] == "listening"
     assert [m for m in c.log if isinstance(m, dict) and m["type"] == "input.turn_ended"][0]["decision"] == "respond"
 
 
@@ -76,7 +76,8 @@ def test_barge_in_stops_the_answer_then_cancel(served, client_of):
     c.event("response.started", response_id=1)
     while not isinstance(c.next(), bytes):  # the answer is speaking
         pass
-    c.event("input.speech_stopped")  # the question's own speech is over
+    if "input.speech_stopped" not in c.types():  # the question's own speech is over
+        c.event("input.speech_stopped")
     c.send_audio(speech_like(1.0, seed=7))
     c.event("response.started", response_id=2)
     log = c.log
@@ -106,7 +107,7 @@ def test_too_many_users_get_busy(served, client_of):
     deadline = time.monotonic() + 5
     while srv.server.config.app.state.server.active and time.monotonic() < deadline:
         time.sleep(0.01)
-    client_of(srv.url).send_json({"type": "input.flush"})  # room again
+    assert client_of(srv.url).created["type"] == "session.created"  # room again
 
 
 def test_bad_input_gets_errors_and_the_session_goes_on(served, client_of):
@@ -119,12 +120,15 @@ def test_bad_input_gets_errors_and_the_session_goes_on(served, client_of):
              (json.dumps({"type": "session.update", "vad": "yes"}), "bad_event"),
              (json.dumps({"type": "session.update", "system_prompt": "x" * 5000}), "message_too_large"),
              (json.dumps({"type": "session.update", "colour": "red"}), "unknown_field"),
+             (json.dumps({"type": "session.update", "system_prompt": "y" * 3000}), "system_prompt_too_long"),
              (b"\x01\x02\x03", "bad_audio_frame"), (b"\x00" * 20000, "message_too_large"),
              ("x" * 17000, "message_too_large")]
     for msg, code in cases:
         c.ws.send(msg)
         err = c.event("error", timeout=5)
         assert err["code"] == code, (msg[:40], err)
+    acks = [m for m in c.log if isinstance(m, dict) and m["type"] == "session.updated"]
+    assert acks and acks[-1]["system_prompt"] == engine.system_prompt  # the long prompt was not taken
     t = threading.Thread(target=lambda: bystander.send_audio(question(seed=2)))
     t.start()
     c.send_audio(question(seed=1))
