@@ -82,3 +82,11 @@ def test_eval_counts_corrupt_audio(tmp_path, speech, capsys):
 def test_missing_bundle_is_a_clear_error(tmp_path, capsys):
     assert main(["transcribe", "x.wav", "--model", str(tmp_path)]) == 2
     assert "not a model bundle" in capsys.readouterr().err
+
+
+def test_parser_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, freeze_omni.cli as c; c.build_parser(); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

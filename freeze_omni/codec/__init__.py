@@ -6,8 +6,7 @@ names below resolve lazily, so importing this package does not import torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from freeze_omni._lazy import lazy_exports
 
 _EXPORTS = {
     "Codec": "model",
@@ -22,9 +21,4 @@ _EXPORTS = {
     "yin": "f0",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"freeze_omni.codec.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'freeze_omni.codec' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -6,31 +6,24 @@ Manifest and text helpers import eagerly; the rest (numpy/scipy/torch) loads on 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from freeze_omni._lazy import lazy_exports
 from freeze_omni.data.manifest import append_rows, read_manifest, write_manifest
 from freeze_omni.data.text import normalize_text
 
 _LAZY = {
-    "Augmenter": "freeze_omni.data.augment",
-    "SpeechDataset": "freeze_omni.data.dataset",
-    "collate_skip_none": "freeze_omni.data.dataset",
-    "build_corpus": "freeze_omni.data.corpus",
-    "synthesize": "freeze_omni.data.synth",
-    "list_voices": "freeze_omni.data.voices",
-    "build_qa": "freeze_omni.data.qa",
-    "chunk_labels": "freeze_omni.data.qa",
-    "speech_end": "freeze_omni.data.qa",
-    "turn_audio": "freeze_omni.data.qa",
-    "read_qa_manifest": "freeze_omni.data.qa",
-    "read_state2_manifest": "freeze_omni.data.qa",
+    "Augmenter": "augment",
+    "SpeechDataset": "dataset",
+    "collate_skip_none": "dataset",
+    "build_corpus": "corpus",
+    "synthesize": "synth",
+    "list_voices": "voices",
+    "build_qa": "qa",
+    "chunk_labels": "qa",
+    "speech_end": "qa",
+    "turn_audio": "qa",
+    "read_qa_manifest": "qa",
+    "read_state2_manifest": "qa",
 }
 
 __all__ = ["append_rows", "normalize_text", "read_manifest", "write_manifest", *_LAZY]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -6,8 +6,7 @@ Names below resolve lazily, so importing this package does not import torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from freeze_omni._lazy import lazy_exports
 
 _EXPORTS = {
     "DecoderConfig": "model",
@@ -25,9 +24,4 @@ _EXPORTS = {
     "normalize_tts": "segmenter",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"freeze_omni.decoder.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'freeze_omni.decoder' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

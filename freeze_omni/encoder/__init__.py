@@ -1,6 +1,18 @@
-"""Streaming speech encoders (upstream and Whisper families), CTC head, Whisper weights from pip packages."""
+"""Streaming speech encoders (upstream and Whisper families), CTC head, Whisper weights from pip packages.
 
-from freeze_omni.encoder.encoder import (EncoderCache, EncoderConfig, SpeechEncoder, upstream_config,
-                                         whisper_config)
+Names below resolve lazily, so importing this package (e.g. for the command line's parser) does not import torch.
+"""
 
-__all__ = ["EncoderCache", "EncoderConfig", "SpeechEncoder", "upstream_config", "whisper_config"]
+from __future__ import annotations
+
+from freeze_omni._lazy import lazy_exports
+
+_EXPORTS = {
+    "EncoderCache": "encoder",
+    "EncoderConfig": "encoder",
+    "SpeechEncoder": "encoder",
+    "upstream_config": "encoder",
+    "whisper_config": "encoder",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

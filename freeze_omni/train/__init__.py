@@ -5,8 +5,9 @@ Exports resolve lazily so that ``freeze_omni.train.cli`` (and ``freeze-omni --he
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from freeze_omni._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from freeze_omni.train.batches import epoch_batches
@@ -25,9 +26,4 @@ _EXPORTS = {
     "trainable_state_dict": "checkpoint",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"freeze_omni.train.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'freeze_omni.train' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -9,8 +9,7 @@ Names below resolve lazily.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from freeze_omni._lazy import lazy_exports
 
 _EXPORTS = {
     "UpstreamError": "release",
@@ -21,9 +20,4 @@ _EXPORTS = {
     "MappingReport": "mapping",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"freeze_omni.upstream.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'freeze_omni.upstream' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
