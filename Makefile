@@ -1,5 +1,6 @@
 # freeze-omni: `make setup` builds .venv/ (system packages through apt, torch pinned first),
 # `make test` runs the test suite (setting up first when needed),
+# `make demo` answers a bundled spoken question with models/tiny-en (scripts/demo.sh),
 # `make gpu-bench` runs the GPU latency/capacity benchmark (one CUDA GPU; needs only PyTorch, no network, no venv).
 VENV    := .venv
 PY      := $(VENV)/bin/python
@@ -9,7 +10,7 @@ PYTEST_ARGS ?=
 GPU_PYTHON ?= python3
 GPU_BENCH_ARGS ?=
 
-.PHONY: setup test clean-venv gpu-bench
+.PHONY: setup test demo clean-venv gpu-bench
 
 setup: $(STAMP)
 
@@ -24,6 +25,9 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml scripts/setup-
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+demo: setup
+	./scripts/demo.sh
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# System packages the project needs (data tools: espeak-ng, flite, sox; WordNet glosses).
+# System packages the project needs (data tools: espeak-ng, flite, sox; WordNet glosses; Debian Chromium for the
+# web client's browser test, driven by the pip package playwright: never `playwright install`).
 # Installs them through apt when run as root; otherwise prints the exact command.
 set -euo pipefail
-PKGS="espeak-ng sox flite wordnet-base"
+PKGS="espeak-ng sox flite wordnet-base chromium"
 missing=""
 for p in $PKGS; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"

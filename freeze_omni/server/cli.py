@@ -62,8 +62,10 @@ def _serve(args: argparse.Namespace) -> int:
                               max_session_s=args.max_session)
     app = create_app(engine, settings)
     scheme = "wss" if args.tls_cert else "ws"
+    page_host = "localhost" if args.host in ("127.0.0.1", "0.0.0.0") else args.host
     print(f"freeze-omni: serving {args.model} on {scheme}://{args.host}:{args.port}/ws "
-          f"({args.workers} worker(s), up to {args.max_users} users)", flush=True)
+          f"({args.workers} worker(s), up to {args.max_users} users); web client: "
+          f"{'https' if args.tls_cert else 'http'}://{page_host}:{args.port}/", flush=True)
     # no access log: a browser's token travels in the query string (?token=...) and must not land in logs
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, ws_max_size=4 * args.max_message_bytes,
                 ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key, ws_ping_interval=20.0, ws_ping_timeout=20.0,
