@@ -233,8 +233,8 @@ class DialogueEngine:
             if cmd.kind == "audio":
                 s.samples_in += len(cmd.data)
                 s.add_audio(cmd.data, cmd.t, self.packet)
-            elif cmd.kind == "flush":
-                s.add_flush(cmd.t, self.packet)
+            elif cmd.kind in ("flush", "respond"):
+                s.add_flush(cmd.t, self.packet, respond=cmd.kind == "respond")
             elif cmd.kind == "cancel":
                 self._signal(s, Signal.CANCEL)
             elif cmd.kind == "update":
@@ -269,6 +269,8 @@ class DialogueEngine:
         if pkt.samples is None:
             if turn_open(s.phase):
                 s.turn.feed.append(pkt)
+            elif pkt.respond:
+                self._signal(s, Signal.RESPOND_NOW)
             return
         if s.vad_enabled:
             start, end = self.listener.vad(s, pkt)

@@ -46,6 +46,7 @@ class Packet:
     t: float
     preroll: bool = False
     speech_end: bool = False
+    respond: bool = False  # an end-of-input marker that also answers when no user turn is open
 
 
 @dataclass
@@ -64,7 +65,7 @@ class Turn:
 
 @dataclass
 class Command:
-    kind: str  # "audio", "flush", "cancel", "update"
+    kind: str  # "audio", "flush", "respond", "cancel", "update"
     data: Any = None
     t: float = 0.0
 
@@ -120,6 +121,11 @@ class Session:
         """End of user input: answer now if a user turn is open (push-to-talk release, end of a file)."""
         self._command(Command("flush"))
 
+    def respond(self) -> None:
+        """Answer now: like :meth:`flush`, and when no user turn is open (after the audio queued so far), an
+        answer starts anyway, after an empty user turn (OpenAI Realtime's ``response.create``)."""
+        self._command(Command("respond"))
+
     def cancel(self) -> None:
         """Stop the current answer (the spoken part stays in the context)."""
         self._command(Command("cancel"))
@@ -156,12 +162,12 @@ class Session:
             self.packets.append(Packet(self.buffer[i * packet:(i + 1) * packet], t))
         self.buffer = self.buffer[n * packet:]
 
-    def add_flush(self, t: float, packet: int) -> None:
+    def add_flush(self, t: float, packet: int, respond: bool = False) -> None:
         """Pad the incomplete packet with silence, then queue the end-of-input marker."""
         if len(self.buffer):
             self.packets.append(Packet(np.pad(self.buffer, (0, packet - len(self.buffer))), t))
             self.buffer = np.zeros(0, np.float32)
-        self.packets.append(Packet(None, t))
+        self.packets.append(Packet(None, t, respond=respond))
 
     def emit(self, event: Event) -> None:
         if self.on_event is not None and not self.closed:

@@ -41,6 +41,7 @@ class Signal(str, Enum):
     TURN_LIMIT = "turn_limit"  # the user turn reached its length limit with no decision
     ANSWER_DONE = "answer_done"  # the answer's last audio is out
     CANCEL = "cancel"  # client: stop the answer
+    RESPOND_NOW = "respond_now"  # client: answer now, even with no new user speech (an empty user turn)
 
 
 class Action(str, Enum):
@@ -58,6 +59,7 @@ class Action(str, Enum):
 P, S, A = Phase, Signal, Action
 _TABLE: dict[tuple[Phase, Signal], tuple[Phase, tuple[Action, ...]]] = {
     (P.IDLE, S.SPEECH_START): (P.LISTENING, (A.OPEN_TURN,)),
+    (P.IDLE, S.RESPOND_NOW): (P.ANSWERING, (A.COMMIT_TURN, A.START_ANSWER)),
     (P.LISTENING, S.RESPOND): (P.ANSWERING, (A.COMMIT_TURN, A.START_ANSWER)),
     (P.LISTENING, S.END_OF_INPUT): (P.ANSWERING, (A.COMMIT_TURN, A.START_ANSWER)),
     (P.LISTENING, S.IGNORE): (P.IDLE, (A.ROLLBACK_TURN,)),

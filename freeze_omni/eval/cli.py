@@ -18,6 +18,7 @@ EVALS = {
     "tts": "freeze_omni.eval.tts:evaluate_tts",
 }
 BENCHES = {
+    "concurrency": "freeze_omni.eval.concurrency:bench_concurrency",
     "encoder": "freeze_omni.eval.bench:bench_encoder",
     "latency": "freeze_omni.eval.bench:bench_latency",
 }
@@ -56,6 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--questions", type=int, default=20, help="latency: spoken questions answered (default: 20)")
     b.add_argument("--max-new-tokens", type=int, default=64, help="latency: answer length limit (default: 64)")
     b.add_argument("--seed", type=int, default=0)
+    from freeze_omni.eval.concurrency import add_args as concurrency_args
+
+    concurrency_args(b)
     b.set_defaults(func=lambda a: _run(a, BENCHES))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
@@ -118,5 +119,18 @@ def create_app(engine: Any, settings: Optional[ServerSettings] = None) -> FastAP
     @app.websocket(P.PATH)
     async def ws_endpoint(ws: WebSocket) -> None:
         await handle_connection(ws, state)
+
+    app.include_router(__import__("freeze_omni.server.realtime", fromlist=["router"]).router)  # /v1/realtime
+
+    # the web client (freeze_omni/server/static): the page at /, its scripts and style under /static/
+    from fastapi.responses import FileResponse
+    from fastapi.staticfiles import StaticFiles
+
+    static_dir = Path(__file__).parent / "static"
+    app.mount("/static", StaticFiles(directory=static_dir), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(static_dir / "index.html", headers={"Cache-Control": "no-cache"})
 
     return app

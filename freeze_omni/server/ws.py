@@ -19,8 +19,9 @@ from freeze_omni.server import protocol as P
 log = logging.getLogger(__name__)
 
 
-async def handle_connection(ws: Any, state: Any) -> None:
-    """Admit (origin, token, capacity) and serve one websocket connection."""
+async def handle_connection(ws: Any, state: Any, factory: Any = None) -> None:
+    """Admit (origin, token, capacity) and serve one websocket connection (``factory(ws, state)``: the
+    :class:`Connection` subclass of a protocol; default ``/ws``)."""
     settings, metrics = state.settings, state.engine.metrics
     if not settings.origin_ok(ws.headers.get("origin"), ws.headers.get("host")):
         metrics.counter("rejected_total", reason="origin")
@@ -34,12 +35,12 @@ async def handle_connection(ws: Any, state: Any) -> None:
     if state.active >= settings.max_users:
         metrics.counter("rejected_total", reason="busy")
         with contextlib.suppress(Exception):
-            await ws.send_text(json.dumps(P.error_event(P.E_BUSY, f"the server is full ({settings.max_users} "
-                                                                  "users); try again later")))
+            busy = P.error_event(P.E_BUSY, f"the server is full ({settings.max_users} users); try again later")
+            await ws.send_text(json.dumps((factory or Connection).encode_busy(busy)))
             await ws.close(code=P.CLOSE_TRY_AGAIN, reason="busy")
         return
     state.active += 1
-    conn = Connection(ws, state)
+    conn = (factory or Connection)(ws, state)
     state.connections.add(conn)
     try:
         await conn.run()
@@ -66,9 +67,7 @@ class Connection:
         self.session = self.engine.open_session(on_event=on_event)
         writer = None
         try:
-            s = self.session
-            await self.ws.send_text(json.dumps(P.session_created(s.id, s.system_prompt, s.vad_enabled,
-                                                                 self.engine.sample_rate, self.settings.limits())))
+            await self.ws.send_text(json.dumps(self.hello(), ensure_ascii=False))
             writer = asyncio.create_task(self._write())
             reason = await self._read(loop)
             if reason is not None:  # a timeout: say why, let the writer drain, close
@@ -87,6 +86,21 @@ class Connection:
                 writer.cancel()
                 with contextlib.suppress(BaseException):
                     await writer
+
+    def hello(self) -> dict:
+        """The first message (``session.created``)."""
+        s = self.session
+        return P.session_created(s.id, s.system_prompt, s.vad_enabled, self.engine.sample_rate,
+                                 self.settings.limits())
+
+    @staticmethod
+    def encode_busy(event: dict) -> dict:
+        """The ``busy`` error event in this protocol's form."""
+        return event
+
+    def encode(self, item: Any) -> list:
+        """A queued item (an engine event, or a protocol dict) -> the messages to send (dicts or bytes)."""
+        return [item if isinstance(item, dict) else P.encode_event(item)]
 
     async def _read(self, loop: asyncio.AbstractEventLoop) -> Optional[str]:
         """Serve client messages until disconnect (None) or a timeout (its error code)."""
@@ -139,8 +153,8 @@ class Connection:
 
     async def _write(self) -> None:
         while (item := await self.out.get()) is not None:
-            msg = item if isinstance(item, dict) else P.encode_event(item)
-            if isinstance(msg, bytes):
-                await self.ws.send_bytes(msg)
-            else:
-                await self.ws.send_text(json.dumps(msg, ensure_ascii=False))
+            for msg in self.encode(item):
+                if isinstance(msg, bytes):
+                    await self.ws.send_bytes(msg)
+                else:
+                    await self.ws.send_text(json.dumps(msg, ensure_ascii=False))

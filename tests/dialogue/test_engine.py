@@ -240,3 +240,20 @@ def test_paced_answer_is_woken_by_the_scheduler(bundle):
     assert rec.of(ev.ResponseDone)[0].status == "completed" and len(rec.of(ev.ResponseAudio)) > 2
     last_chunk = len(rec.of(ev.ResponseAudio)[-1].pcm) / engine.sample_rate
     assert elapsed > audio - last_chunk - 0.2 - 0.1  # not (much) faster than real time
+
+
+def test_respond_answers_now_without_new_speech(bundle):
+    """`Session.respond()` (OpenAI Realtime's response.create): from idle, an answer after an empty user turn,
+    the history stays consistent; with a turn open it ends the turn like `flush()`."""
+    engine = make_engine(bundle, state=UserState.LISTEN, max_new_tokens=10)
+    s, rec = open_session(engine)
+    s.respond()
+    drive(engine, s)
+    assert not rec.of(ev.TurnEnded) and [e.status for e in rec.of(ev.ResponseDone)] == ["completed"]
+    assert s.phase == Phase.IDLE and len(s.ctx.exchanges) == 1 and s.ctx.exchanges[0].user == []
+    assert s.ctx.state.length == s.ctx.expected_length()
+    s.push_audio(question())
+    s.respond()
+    drive(engine, s)
+    assert rec.of(ev.TurnEnded)[-1].decision == "end_of_input" and len(rec.of(ev.ResponseDone)) == 2
+    assert len(s.ctx.exchanges) == 2 and s.ctx.state.length == s.ctx.expected_length()

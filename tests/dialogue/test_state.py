@@ -25,6 +25,12 @@ def test_every_pair_is_defined_and_consistent():
                 assert {Action.FINISH_ANSWER, Action.CANCEL_ANSWER, Action.INTERRUPT_ANSWER} & set(actions)
 
 
+def test_respond_now_answers_from_idle_only():
+    assert transition(Phase.IDLE, Signal.RESPOND_NOW) == (Phase.ANSWERING, (Action.COMMIT_TURN, Action.START_ANSWER))
+    for phase in (Phase.LISTENING, Phase.ANSWERING, Phase.OVERLAP):  # an open turn ends by END_OF_INPUT instead
+        assert transition(phase, Signal.RESPOND_NOW) == (phase, ())
+
+
 def test_conversation_paths():
     p = Phase.IDLE
     for signal, want in [(Signal.SPEECH_START, Phase.LISTENING), (Signal.IGNORE, Phase.IDLE),
