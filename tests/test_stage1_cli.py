@@ -4,6 +4,7 @@ import json
 import shutil
 
 import pytest
+import torch
 import yaml
 
 from freeze_omni.cli import main
@@ -56,6 +57,17 @@ def test_train_ctc_export_transcribe_eval_bench(tmp_path, speech, capsys):
     assert main(["bench", "encoder", "--model", str(bundle), "--no-upstream", "--chunks", "5", "--json"]) == 0
     b = _last_json(capsys)
     assert b["tiny"]["ms_p50"] > 0 and b["tiny"]["rtf"] == pytest.approx(b["tiny"]["ms_p50"] / 160, abs=1e-4)
+
+    # a fresh machine continues the shipped model: init_bundle starts from its weights (lr ~0: unchanged)
+    from freeze_omni.bundle import Bundle
+
+    cfg2 = {**cfg, "init_bundle": str(bundle), "export": {"bundle": str(tmp_path / "bundle2")},
+            "train": {**cfg["train"], "out_dir": str(tmp_path / "exp2"), "max_steps": 1, "lr": 1e-12,
+                      "eval_every": 0}}
+    (tmp_path / "ctc2.yaml").write_text(yaml.safe_dump(cfg2))
+    assert main(["train", "ctc", "--config", str(tmp_path / "ctc2.yaml")]) == 0
+    a, b2 = Bundle(bundle).tensors("encoder"), Bundle(tmp_path / "bundle2").tensors("encoder")
+    assert all(torch.allclose(a[k], b2[k], atol=1e-3) for k in a)
 
 
 def test_eval_counts_corrupt_audio(tmp_path, speech, capsys):

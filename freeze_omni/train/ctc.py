@@ -9,6 +9,9 @@ evaluation.
 Config (YAML)::
 
     encoder: {init: "whisper:tiny.en", chunk_size: 8, left_chunks: 16, dropout: 0.1}   # or a full EncoderConfig
+    init_bundle: models/tiny-en                 # optional: start from a bundle's encoder + CTC head (a fresh
+                                                # machine continuing the shipped model; --resume wins when a
+                                                # checkpoint exists)
     chunk_policy: {mode: dynamic, static_prob: 0.6, full_prob: 0.2, max_chunk: 25}
     distill: {weight: 10.0}                     # x mean (1 - cosine); 0 disables the teacher
     freeze: {front: false, layers: 0}           # keep the conv front / the first N blocks fixed
@@ -32,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from freeze_omni.audio.features import extract
-from freeze_omni.bundle import encoder_config_dict, encoder_config_from_dict, save_component, write_bundle_config
+from freeze_omni.bundle import Bundle, encoder_config_dict, encoder_config_from_dict, save_component, write_bundle_config
 from freeze_omni.data.augment import Augmenter, spec_augment
 from freeze_omni.encoder.ctc import CharTokenizer, CTCHead
 from freeze_omni.encoder.encoder import SpeechEncoder
@@ -188,6 +191,11 @@ def run(config: dict, resume: bool) -> int:
     tok = CharTokenizer()
     encoder = build_encoder(config.get("encoder", {"init": "whisper:tiny.en"}))
     head = CTCHead(encoder.output_dim, tok.vocab_size)
+    if config.get("init_bundle"):
+        init = Bundle(config["init_bundle"])
+        encoder.load_state_dict(init.tensors("encoder"))
+        head.load_state_dict(init.tensors("ctc"))
+        log.info("encoder and CTC head start from %s", init.path)
     pol = ChunkPolicy(**{"chunk_size": encoder.cfg.chunk_size, "left_chunks": encoder.cfg.left_chunks,
                          **config.get("chunk_policy", {})})
     distill = float(config.get("distill", {}).get("weight", 0.0))
