@@ -4,7 +4,9 @@ qa: every held-out dialogue is answered twice with greedy decoding and the same 
 spoken questions through the live chunk-by-chunk path (the answer starts when the audio ends, so the number
 measures the bridge, not the state head), once from the typed questions (`ask`). Reported: the share of turns
 whose two answers are identical, and, for turns with known answers (``expected``: acceptable strings), the
-accuracy of each modality (an answer is right when it contains one of them, case-insensitively).
+accuracy of each modality (an answer is right when it contains one of them as whole words, case-insensitively).
+Rows without ``expected`` get the known answers of their templated questions
+(:func:`freeze_omni.data.qa.known.known_answers`: capitals, arithmetic, ...).
 
 state: each user turn (Q&A turns should get RESPOND, state-2 clips IGNORE) is followed by 1 s of silence and
 fed chunk by chunk; the first non-LISTEN decision is compared with the chunk holding the end of speech.
@@ -21,6 +23,7 @@ from tqdm import tqdm
 
 from freeze_omni.audio.io import AudioError, load_audio
 from freeze_omni.data.manifest import read_manifest
+from freeze_omni.data.qa.known import contains_answer, known_answers
 from freeze_omni.dialogue.turn import run_turn
 from freeze_omni.llm.bridge import UserState
 from freeze_omni.llm.loader import load_speech_llm
@@ -31,10 +34,7 @@ CHUNK_SECONDS = 0.16
 
 
 def _correct(answer: str, expected: Optional[list[str]]) -> Optional[bool]:
-    if not expected:
-        return None
-    a = answer.lower()
-    return any(e.lower() in a for e in expected)
+    return contains_answer(answer, expected) if expected else None
 
 
 def evaluate_qa(args: argparse.Namespace) -> dict:
@@ -61,14 +61,15 @@ def evaluate_qa(args: argparse.Namespace) -> dict:
             history.append((turn["question"], text))
             n += 1
             same += int(res.answer.strip() == text.strip())
-            ok_s, ok_t = _correct(res.answer, turn.get("expected")), _correct(text, turn.get("expected"))
+            expected = turn.get("expected") or known_answers(turn["question"])
+            ok_s, ok_t = _correct(res.answer, expected), _correct(text, expected)
             if ok_s is not None:
                 known += 1
                 right["speech"] += int(ok_s)
                 right["text"] += int(ok_t)
             if out:
                 out.write(json.dumps({"id": row.get("id"), "question": turn["question"], "speech": res.answer,
-                                      "text": text, "expected": turn.get("expected")}) + "\n")
+                                      "text": text, "expected": expected}) + "\n")
     if out:
         out.close()
     result = {"n": n, "skipped": skipped, "identical": round(100.0 * same / max(n, 1), 2), "n_known": known}
