@@ -104,3 +104,29 @@ def write_bundle_config(bundle_dir: str | os.PathLike, updates: dict[str, Any]) 
 
 def encoder_config_dict(cfg: EncoderConfig) -> dict[str, Any]:
     return asdict(cfg)
+
+
+def ship(src: str | os.PathLike, dst: str | os.PathLike, parts: tuple[str, ...],
+         sections: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Copy trained components ``parts`` of bundle ``src`` into bundle ``dst`` (created if missing), with the
+    ``bundle.yaml`` sections that describe them (each part's own section, plus ``sections``). Refuses to mix
+    components trained for different LLMs (``llm.ref``)."""
+    import shutil
+
+    s, dst = Bundle(src), Path(dst)
+    have: dict[str, Any] = {}
+    if (dst / BUNDLE_FILE).is_file():
+        with open(dst / BUNDLE_FILE) as f:
+            have = yaml.safe_load(f) or {}
+    ref, shipped = (s.config.get("llm") or {}).get("ref"), (have.get("llm") or {}).get("ref")
+    if ref and shipped and ref != shipped:
+        raise BundleError(f"{src} was trained for LLM {ref!r}; {dst} uses {shipped!r}")
+    dst.mkdir(parents=True, exist_ok=True)
+    comps = s.config.get("components", {})
+    for p in parts:
+        if p not in comps:
+            raise BundleError(f"{src}: no {p!r} component to ship")
+        shutil.copy(s.path / comps[p], dst / comps[p])
+    update = {k: s.config[k] for k in (*parts, *sections) if k in s.config}
+    update["components"] = {p: comps[p] for p in parts}
+    return write_bundle_config(dst, update)

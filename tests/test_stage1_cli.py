@@ -69,6 +69,18 @@ def test_train_ctc_export_transcribe_eval_bench(tmp_path, speech, capsys):
     a, b2 = Bundle(bundle).tensors("encoder"), Bundle(tmp_path / "bundle2").tensors("encoder")
     assert all(torch.allclose(a[k], b2[k], atol=1e-3) for k in a)
 
+    # shipping copies components with their sections, and refuses a different LLM
+    from freeze_omni.bundle import BundleError, ship, write_bundle_config
+
+    ship(bundle, tmp_path / "shipped", ("encoder", "ctc"), ("sample_rate", "frontend"))
+    shipped = Bundle(tmp_path / "shipped")
+    assert shipped.config["encoder"] == Bundle(bundle).config["encoder"] and shipped.has("ctc")
+    assert torch.equal(shipped.tensors("encoder")["after_norm.weight"], a["after_norm.weight"])
+    write_bundle_config(tmp_path / "shipped", {"llm": {"ref": "other-llm"}})
+    write_bundle_config(bundle, {"llm": {"ref": "smollm2-135m-instruct"}})
+    with pytest.raises(BundleError, match="trained for LLM"):
+        ship(bundle, tmp_path / "shipped", ("encoder",))
+
 
 def test_eval_counts_corrupt_audio(tmp_path, speech, capsys):
     from freeze_omni.data.manifest import read_manifest, write_manifest

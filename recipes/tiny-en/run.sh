@@ -14,6 +14,8 @@ JOBS=${JOBS:-2}
 # Voices never used in training, to measure how the encoder copes with speakers it never heard.
 HELDOUT_VOICES="flite:rms,flite:slt,espeak:*+f4,espeak:*+m7"
 log() { echo "[$(date +%H:%M:%S)] $*"; }
+# ship SRC "PARTS" "SECTIONS": copy trained components (and their bundle.yaml sections) into models/tiny-en
+ship() { .venv/bin/python -c 'import sys; from freeze_omni.bundle import ship; ship(sys.argv[1], "models/tiny-en", tuple(sys.argv[2].split()), tuple(sys.argv[3].split()))' "$@"; }
 
 if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
   log "Stage 0: text corpus (train + held-out phrasings)"
@@ -47,14 +49,7 @@ fi
 
 if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
   log "Stage 4: ship the bundle into models/tiny-en"
-  mkdir -p models/tiny-en
-  cp $E/ctc/bundle/encoder.safetensors $E/ctc/bundle/ctc.safetensors models/tiny-en/
-  .venv/bin/python - <<'PY'
-import yaml
-from freeze_omni.bundle import write_bundle_config
-cfg = yaml.safe_load(open("exp/tiny-en/ctc/bundle/bundle.yaml"))
-write_bundle_config("models/tiny-en", cfg)
-PY
+  ship $E/ctc/bundle "encoder ctc" "sample_rate frontend"
 fi
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -86,19 +81,7 @@ fi
 
 if [ $stage -le 9 ] && [ $stop_stage -ge 9 ]; then
   log "Stage 9: ship the encoder and the bridge into models/tiny-en"
-  .venv/bin/python - <<'PY'
-import shutil
-import yaml
-from freeze_omni.bundle import write_bundle_config
-src = "exp/tiny-en/qa/bundle"
-cfg = yaml.safe_load(open(f"{src}/bundle.yaml"))
-parts = ("encoder", "ctc", "bridge")
-for p in parts:
-    shutil.copy(f"{src}/{cfg['components'][p]}", "models/tiny-en/")
-update = {k: cfg[k] for k in ("encoder", "ctc", "bridge", "llm") if k in cfg}
-update["components"] = {p: cfg["components"][p] for p in parts}
-write_bundle_config("models/tiny-en", update)
-PY
+  ship $E/qa/bundle "encoder ctc bridge" "llm"
 fi
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -152,26 +135,7 @@ fi
 
 if [ $stage -le 16 ] && [ $stop_stage -ge 16 ]; then
   log "Stage 16: ship the codec and the speech decoder into models/tiny-en"
-  mkdir -p models/tiny-en
-  .venv/bin/python - <<'PY'
-import shutil
-import yaml
-from freeze_omni.bundle import write_bundle_config
-src = "exp/tiny-en/prefix/bundle"
-cfg = yaml.safe_load(open(f"{src}/bundle.yaml"))
-try:
-    have = yaml.safe_load(open("models/tiny-en/bundle.yaml")) or {}
-except FileNotFoundError:
-    have = {}
-ref, shipped = cfg.get("llm", {}).get("ref"), (have.get("llm") or {}).get("ref")
-assert shipped in (None, ref), f"the speech decoder was trained for LLM {ref!r}, models/tiny-en uses {shipped!r}"
-parts = ("decoder", "codec")
-for p in parts:
-    shutil.copy(f"{src}/{cfg['components'][p]}", "models/tiny-en/")
-update = {k: cfg[k] for k in ("codec", "decoder", "generation", "streaming") if k in cfg}
-update["components"] = {p: cfg["components"][p] for p in parts}
-write_bundle_config("models/tiny-en", update)
-PY
+  ship $E/prefix/bundle "decoder codec" "generation streaming"
   # Needs the shipped listening side too (input stages): decision -> first audio, streaming vs cascade.
   if .venv/bin/python -c "import sys, yaml; c = yaml.safe_load(open('models/tiny-en/bundle.yaml')); sys.exit('bridge' not in c.get('components', {}))"; then
     $FO bench latency --model models/tiny-en --threads 2 --questions 20 --json | tail -1 | tee $E/bench_latency.json
