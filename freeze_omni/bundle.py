@@ -41,15 +41,19 @@ class Bundle:
     def has(self, component: str) -> bool:
         return component in self.config.get("components", {})
 
-    def tensors(self, component: str) -> dict[str, torch.Tensor]:
-        """A component's tensors as float32."""
+    def file(self, component: str) -> Path:
+        """Path of a component's file (weights or otherwise), checked to exist."""
         files = self.config.get("components", {})
         if component not in files:
             raise BundleError(f"{self.path}: bundle has no {component!r} component")
         p = self.path / files[component]
         if not p.is_file():
-            raise BundleError(f"{p}: missing weights file")
-        return {k: v.float() for k, v in load_file(str(p)).items()}
+            raise BundleError(f"{p}: missing component file")
+        return p
+
+    def tensors(self, component: str) -> dict[str, torch.Tensor]:
+        """A component's tensors as float32."""
+        return {k: v.float() for k, v in load_file(str(self.file(component))).items()}
 
     def encoder_config(self) -> EncoderConfig:
         return encoder_config_from_dict(self.config["encoder"])

@@ -53,6 +53,20 @@ def test_train_ctc_export_transcribe_eval_bench(tmp_path, speech, capsys):
     assert main(["eval", "asr", "--model", str(bundle), "--manifest", str(speech), "--json"]) == 0
     res = _last_json(capsys)
     assert res["n"] == 4 and res["skipped"] == 0 and "wer" in res and "wer_full" in res
+    assert res["decoder"] == "greedy"  # no LM in the bundle yet
+
+    # A word LM added to the bundle makes beam search + LM the default decoder; --decoder greedy still works.
+    assert main(["data", "lm", "--texts", str(speech.parent.parent / "texts.txt"), "--out", "lm.gz",
+                 "--bundle", str(bundle), "--heldout", str(speech.parent.parent / "texts.txt"), "--json"]) == 0
+    built = _last_json(capsys)
+    assert built["vocab"] == 13 and built["heldout_oov_rate"] == 0.0 and (bundle / "lm.gz").is_file()
+    assert yaml.safe_load((bundle / "bundle.yaml").read_text())["ctc"]["beam"]["alpha"] == 0.6
+    for decoder, name in [("auto", "beam+lm"), ("greedy", "greedy")]:
+        assert main(["eval", "asr", "--model", str(bundle), "--manifest", str(speech), "--decoder", decoder,
+                     "--mode", "streaming", "--json"]) == 0
+        assert _last_json(capsys)["decoder"] == name
+    assert main(["transcribe", str(wav), "--model", str(bundle), "--json"]) == 0
+    assert isinstance(_last_json(capsys)["text"], str)
 
     assert main(["bench", "encoder", "--model", str(bundle), "--no-upstream", "--chunks", "5", "--json"]) == 0
     b = _last_json(capsys)

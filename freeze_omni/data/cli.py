@@ -1,4 +1,4 @@
-"""``freeze-omni data …``: make training data offline (voices, synth, corpus, qa).
+"""``freeze-omni data …``: make training data offline (voices, synth, corpus, lm, qa, assistant).
 
 Builds parsers only; the work modules import inside the handlers.
 """
@@ -145,6 +145,16 @@ def _qa(args: argparse.Namespace) -> int:
     return 0 if result["qa_train"] else 1
 
 
+def _lm(args: argparse.Namespace) -> int:
+    from freeze_omni.cli import emit
+    from freeze_omni.encoder.lm import build_lm
+
+    beam = {k: getattr(args, k) for k in ("beam", "alpha", "beta", "oov_penalty")}
+    emit(args, build_lm(args.texts, args.out, order=args.order, discount=args.discount, heldout=args.heldout,
+                        bundle=args.bundle, beam=beam))
+    return 0
+
+
 def _assistant(args: argparse.Namespace) -> int:
     from freeze_omni.cli import emit
     from freeze_omni.data.assistant import build_answer_speech
@@ -162,7 +172,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add ``data`` and its subcommands to the top-level subparsers."""
     from freeze_omni.cli import add_common
 
-    p = sub.add_parser("data", help="make training data offline (voices, synth, corpus, qa, assistant)")
+    p = sub.add_parser("data", help="make training data offline (voices, synth, corpus, lm, qa, assistant)")
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
 
     v = dsub.add_parser("voices", help="list the synthetic voices available here (ENGINE:NAME specs)")
@@ -198,6 +208,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fraction of lines written to OUT_STEM.heldout.SUFFIX instead (disjoint)")
     c.add_argument("--wordnet", default="/usr/share/wordnet", help="WordNet data.* folder (default: %(default)s)")
     c.set_defaults(func=_corpus)
+
+    m = dsub.add_parser("lm", help="word n-gram LM for the CTC beam search of `transcribe` / `eval asr`")
+    add_common(m)
+    m.add_argument("--texts", required=True, help="text file, one utterance per line (e.g. the corpus)")
+    m.add_argument("--out", required=True, help="output file (.gz); a file name inside --bundle when given")
+    m.add_argument("--bundle", default=None,
+                   help="add the LM to this bundle as its `lm` component, with the beam settings below")
+    m.add_argument("--order", type=int, default=3, help="n-gram order (default: 3)")
+    m.add_argument("--discount", type=float, default=0.7, help="absolute discount (default: 0.7)")
+    m.add_argument("--heldout", default=None, help="text file to report perplexity and OOV rate on")
+    m.add_argument("--beam", type=int, default=8, help="beam width stored in the bundle (default: 8)")
+    m.add_argument("--alpha", type=float, default=0.6, help="LM weight stored in the bundle (default: 0.6)")
+    m.add_argument("--beta", type=float, default=3.0, help="word bonus stored in the bundle (default: 3.0)")
+    m.add_argument("--oov-penalty", type=float, default=5.0,
+                   help="extra cost of an out-of-vocabulary word (default: 5.0)")
+    m.set_defaults(func=_lm)
 
     q = dsub.add_parser("qa", help="stage-3 Q&A data: questions, answers by the frozen LLM, question speech, "
                                    "state-2 clips; resumable")

@@ -13,8 +13,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("audio", help="audio file (any rate/channels; resampled to 16 kHz mono)")
     p.add_argument("--full-attention", action="store_true",
                    help="run the encoder over the whole utterance instead of 160 ms chunks")
+    add_decoder_arg(p)
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     p.set_defaults(func=_transcribe)
+
+
+def add_decoder_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--decoder", choices=("auto", "greedy", "beam"), default="auto",
+                   help="CTC decoding: greedy, prefix beam search (+ the bundle's word LM), or auto = beam + LM "
+                        "when the bundle has one (default: auto)")
 
 
 def _transcribe(args: argparse.Namespace) -> int:
@@ -25,7 +32,7 @@ def _transcribe(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    rec = SpeechRecognizer.from_bundle(args.model)
+    rec = SpeechRecognizer.from_bundle(args.model, decoder=args.decoder)
     wave = load_audio(args.audio)
     t0 = time.perf_counter()
     text = rec.transcribe(wave, mode="full" if args.full_attention else "streaming")

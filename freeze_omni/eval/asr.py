@@ -25,7 +25,7 @@ def error_rates(refs: list[str], hyps: list[str]) -> tuple[float, float]:
 
 
 def evaluate(args: argparse.Namespace) -> dict:
-    rec = SpeechRecognizer.from_bundle(args.model)
+    rec = SpeechRecognizer.from_bundle(args.model, decoder=getattr(args, "decoder", "auto"))
     rows = read_manifest(args.manifest)[: args.limit]
     modes = ["streaming", "full"] if args.mode == "both" else [args.mode]
     refs: list[str] = []
@@ -50,7 +50,8 @@ def evaluate(args: argparse.Namespace) -> dict:
             out.write(json.dumps(item) + "\n")
     if out:
         out.close()
-    result: dict = {"n": len(refs), "skipped": skipped}
+    result: dict = {"n": len(refs), "skipped": skipped, "decoder": "greedy" if rec.beam is None else
+                    ("beam+lm" if rec.lm is not None else "beam")}
     for m in modes:
         wer, cer = error_rates(refs, hyps[m])
         suffix = "" if m == "streaming" or len(modes) == 1 else "_full"

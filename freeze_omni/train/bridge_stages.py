@@ -15,6 +15,7 @@ Config (YAML)::
     system_prompt: "..."                   # default: the bundle's, else DEFAULT_SYSTEM_PROMPT
     bridge: {adapter_kernel: 5, prompt_num: 25, transcribe_tokens: 4}
     train_encoder: true                    # stage 3 default false
+    ctc_weight: 0.3                        # align: keep the bundle's CTC head in step with the encoder (0: off)
     train_adapter: true                    # stage 3 default false
     data: {train: M.jsonl, state2: S.jsonl, state2_frac: 0.2, max_seconds: 10, silence_chunks: [0, 3]}
     augment: {...}                         # freeze_omni.data.augment.Augmenter fields
@@ -56,12 +57,15 @@ class StageModel(nn.Module):
     """Wraps a :class:`SpeechLLM` for the trainer: batch -> sequences -> loss dict."""
 
     def __init__(self, model: SpeechLLM, system: str, train_encoder: bool, train_adapter: bool,
-                 state_weight: float = 1.0) -> None:
+                 state_weight: float = 1.0, ctc_head: Optional[nn.Module] = None, ctc_weight: float = 0.0) -> None:
         super().__init__()
         self.model, self.system = model, system
         self.train_encoder, self.train_adapter, self.state_weight = train_encoder, train_adapter, state_weight
         model.encoder.requires_grad_(train_encoder)
         model.adapter.requires_grad_(train_adapter)
+        # An encoder that trains moves away from the stage-1 CTC head; a CTC term keeps the head usable.
+        self.ctc_head = ctc_head if (ctc_head is not None and ctc_weight > 0 and train_encoder) else None
+        self.ctc_weight = ctc_weight
 
     def train(self, mode: bool = True) -> "StageModel":
         super().train(mode)
@@ -75,7 +79,9 @@ class StageModel(nn.Module):
         m = self.model
         # 1. Every utterance of the batch through encoder + adapter (streaming chunk mask).
         with torch.set_grad_enabled(self.training and (self.train_encoder or self.train_adapter)):
-            audio, a_len = m.audio_embeds(batch["feats"], batch["feat_lens"])
+            ec = m.encoder.cfg
+            enc, enc_len = m.encoder(batch["feats"], batch["feat_lens"], ec.chunk_size, ec.left_chunks)
+            audio, a_len = m.adapter(enc, enc_len)
         # 2. One segment list per example, exactly as the live dialogue feeds the LLM.
         seqs = []
         for ex in batch["examples"]:
@@ -90,15 +96,22 @@ class StageModel(nn.Module):
                     segs += m.answer_segments(turn["answer_ids"])
             seqs.append(segs)
         # 3. LLM CE on answers / transcripts + state CE at chunk ends.
-        return m.loss(seqs, self.state_weight)
+        losses = m.loss(seqs, self.state_weight)
+        if self.ctc_head is not None and "ctc_targets" in batch:
+            t = batch["ctc_targets"]
+            ctc = nn.functional.ctc_loss(self.ctc_head(enc).transpose(0, 1).float(), t["ids"], enc_len, t["lens"],
+                                         blank=0, reduction="mean", zero_infinity=True)
+            losses["ctc"] = ctc
+            losses["loss"] = losses["loss"] + self.ctc_weight * ctc
+        return losses
 
 
 class BridgeCollate:
     """Loads and augments audio, pads silence around turns, computes features, state labels and target ids."""
 
     def __init__(self, model: SpeechLLM, stage: str, augmenter: Optional[Augmenter], silence_chunks=(0, 3),
-                 lead_seconds: float = 0.3) -> None:
-        self.model, self.stage, self.aug = model, stage, augmenter
+                 lead_seconds: float = 0.3, ctc_tokenizer: Any = None) -> None:
+        self.model, self.stage, self.aug, self.ctc_tokenizer = model, stage, augmenter, ctc_tokenizer
         self.silence_chunks, self.lead_seconds = tuple(silence_chunks), lead_seconds
         self.chunk_frames = model.encoder.cfg.chunk_frames
 
@@ -143,9 +156,14 @@ class BridgeCollate:
             seconds += sum(len(t["wave"]) for t in it.get("turns", [it])) / SR
         if not examples:
             return None
-        return {"feats": nn.utils.rnn.pad_sequence(feats, batch_first=True),
-                "feat_lens": torch.tensor([f.shape[0] for f in feats]),
-                "examples": examples, "audio_seconds": seconds}
+        out = {"feats": nn.utils.rnn.pad_sequence(feats, batch_first=True),
+               "feat_lens": torch.tensor([f.shape[0] for f in feats]),
+               "examples": examples, "audio_seconds": seconds}
+        if self.stage == "align" and self.ctc_tokenizer is not None:
+            ids = [self.ctc_tokenizer.encode(it["text"]) for it in items]
+            out["ctc_targets"] = {"ids": torch.tensor([i for x in ids for i in x], dtype=torch.long),
+                                  "lens": torch.tensor([len(x) for x in ids])}
+        return out
 
 
 class DialogueDataset(torch.utils.data.Dataset):
@@ -203,8 +221,15 @@ def build_stage(config: dict, stage: str) -> tuple[StageModel, str, str]:
     if b.has("bridge"):
         _load_bridge(model, b.tensors("bridge"))
     default_train = stage == "align"
+    ctc_head = None
+    if stage == "align" and float(config.get("ctc_weight", 0.0)) > 0 and b.has("ctc"):
+        from freeze_omni.encoder.ctc import CharTokenizer, CTCHead
+
+        ctc_head = CTCHead(encoder.output_dim, CharTokenizer(b.config["ctc"]["chars"]).vocab_size)
+        ctc_head.load_state_dict(b.tensors("ctc"))
     sm = StageModel(model, system, bool(config.get("train_encoder", default_train)),
-                    bool(config.get("train_adapter", default_train)), float(config.get("state_weight", 1.0)))
+                    bool(config.get("train_adapter", default_train)), float(config.get("state_weight", 1.0)),
+                    ctc_head, float(config.get("ctc_weight", 0.0)))
     if stage == "qa":  # stage 3 never changes the task embeddings (stage-2 instructions)
         model.bridge.task_embeddings.requires_grad_(False)
     else:  # stage 2 trains no prompt embeddings / state head
@@ -234,7 +259,12 @@ def _run(config: dict, resume: bool, stage: str) -> int:
             rows += [s2[i % len(s2)] for i in range(want)] if s2 else []
         dataset = DialogueDataset(rows, data.get("max_seconds"))
     aug = Augmenter(**config["augment"]) if config.get("augment") else None
-    collate = BridgeCollate(sm.model, stage, aug, data.get("silence_chunks", (0, 3)))
+    ctc_tok = None
+    if sm.ctc_head is not None:
+        from freeze_omni.encoder.ctc import CharTokenizer
+
+        ctc_tok = CharTokenizer(Bundle(config["init_bundle"]).config["ctc"]["chars"])
+    collate = BridgeCollate(sm.model, stage, aug, data.get("silence_chunks", (0, 3)), ctc_tokenizer=ctc_tok)
     bundle_dir = config.get("export", {}).get("bundle", str(Path(tcfg.out_dir) / "bundle"))
     init = Bundle(config["init_bundle"])
 
@@ -243,6 +273,10 @@ def _run(config: dict, resume: bool, stage: str) -> int:
             raise RuntimeError("the frozen LLM changed during training")
         _copy_components(init, bundle_dir)
         save_speech_llm(sm.model, bundle_dir, ref, system, save_encoder=sm.train_encoder)
+        if sm.ctc_head is not None:
+            from freeze_omni.bundle import save_component
+
+            save_component(bundle_dir, "ctc", sm.ctc_head.state_dict())
 
     Trainer(sm, tcfg, dataset, collate, on_checkpoint=on_checkpoint).fit(resume=resume)
     return 0

@@ -17,6 +17,9 @@ log() { echo "[$(date +%H:%M:%S)] $*"; }
 # ship SRC "PARTS" "SECTIONS": copy trained components (and their bundle.yaml sections) into models/tiny-en
 ship() { .venv/bin/python -c 'import sys; from freeze_omni.bundle import ship; ship(sys.argv[1], "models/tiny-en", tuple(sys.argv[2].split()), tuple(sys.argv[3].split()))' "$@"; }
 
+# add_lm BUNDLE: the corpus word LM as the bundle's `lm` component (CTC beam search of `transcribe`)
+add_lm() { $FO data lm --texts $D/texts.txt --heldout $D/texts.heldout.txt --out lm.gz --bundle "$1" --json; }
+
 if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
   log "Stage 0: text corpus (train + held-out phrasings)"
   mkdir -p $D
@@ -41,15 +44,19 @@ if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
 fi
 
 if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
-  log "Stage 3: measure on unseen voices, streaming vs full attention"
+  log "Stage 3: word trigram LM for the CTC beam search; measure on unseen voices, streaming vs full attention"
+  add_lm $E/ctc/bundle
   for s in asr_unseen asr_unseen_espeak asr_seen; do
-    $FO eval asr --model $E/ctc/bundle --manifest $D/$s/manifest.jsonl --json | tail -1 | tee $E/ctc/eval_$s.json
+    for dec in greedy beam; do
+      $FO eval asr --model $E/ctc/bundle --manifest $D/$s/manifest.jsonl --decoder $dec --json | tail -1 \
+          | tee $E/ctc/eval_${s}_$dec.json
+    done
   done
 fi
 
 if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
   log "Stage 4: ship the bundle into models/tiny-en"
-  ship $E/ctc/bundle "encoder ctc" "sample_rate frontend"
+  ship $E/ctc/bundle "encoder ctc lm" "sample_rate frontend"
 fi
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -82,6 +89,7 @@ fi
 if [ $stage -le 9 ] && [ $stop_stage -ge 9 ]; then
   log "Stage 9: ship the encoder and the bridge into models/tiny-en"
   ship $E/qa/bundle "encoder ctc bridge" "llm"
+  add_lm models/tiny-en  # the stage-2 encoder came with its own CTC head; the LM settings go back on top
 fi
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -60,9 +60,15 @@ def test_align_then_qa_then_chat_and_eval(tmp_path, setup, capsys):
     from freeze_omni.bundle import Bundle
 
     d = setup
-    align = _train(tmp_path, "align", d / "ctc", d, {"data": {"train": str(d / "asr" / "manifest.jsonl")}})
+    align = _train(tmp_path, "align", d / "ctc", d, {"data": {"train": str(d / "asr" / "manifest.jsonl")},
+                                                      "ctc_weight": 0.3})
     b = Bundle(align)
-    assert b.has("bridge") and b.has("encoder") and b.has("ctc")  # stage-1 CTC head carried over
+    assert b.has("bridge") and b.has("encoder") and b.has("ctc")
+    # The encoder trained, so the CTC head trained along with it (ctc_weight) and was exported.
+    log = [json.loads(x) for x in (tmp_path / "align" / "log.jsonl").read_text().splitlines()]
+    assert any("train/ctc" in x for x in log)
+    before, after = Bundle(d / "ctc").tensors("ctc"), b.tensors("ctc")
+    assert any(not (before[k] == after[k]).all() for k in before)
     assert b.config["llm"]["ref"] == str(d / "llm") and b.config["llm"]["fingerprint"]
     qa = _train(tmp_path, "qa", align, d, {"data": {"train": str(d / "qa.jsonl"), "state2": str(d / "state2.jsonl"),
                                                      "state2_frac": 1.0}})
