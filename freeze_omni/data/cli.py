@@ -139,7 +139,7 @@ def _qa(args: argparse.Namespace) -> int:
                       batch_size=args.batch_size, state2=args.state2, voices=train_voices,
                       heldout_voices=heldout_voices, jobs=args.jobs, seed=args.seed, skip_speech=args.skip_speech,
                       engine_weights=args.engine_weights, wordnet_dir=args.wordnet, timeout=args.timeout,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, limit=args.limit)
     result["notes"] = notes
     emit(args, result)
     return 0 if result["qa_train"] else 1
@@ -249,6 +249,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    metavar="E=W,...", help="how often each engine is drawn (default: espeak=3,flite=1,piper=1)")
     q.add_argument("--jobs", type=int, default=2, help="parallel synthesis subprocesses (default: 2)")
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--limit", type=int, default=None,
+                   help="only the first N planned dialogues (a later run without it completes the plan)")
     q.add_argument("--skip-speech", action="store_true", help="text only: no question audio, no state-2 clips")
     q.add_argument("--timeout", type=float, default=60.0, help="seconds per utterance before giving up")
     q.add_argument("--wordnet", default="/usr/share/wordnet", help="WordNet data.* folder (default: %(default)s)")

@@ -301,3 +301,22 @@ def test_cli_end_to_end(tmp_path, capsys, monkeypatch):
     res2 = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res2["answers"]["generated"] == 0 and res2["speech"]["synthesized"] == 0
     assert res2["qa_train"] == res["qa_train"] and loaded == ["smollm2-135m-instruct"]  # not loaded again
+
+
+def test_cli_limit_then_complete_the_same_plan(tmp_path, capsys, monkeypatch):
+    from freeze_omni.data.cli import register
+    from freeze_omni.llm.backbone import FrozenLLM
+
+    monkeypatch.setattr(FrozenLLM, "load", classmethod(lambda cls, ref, *a, **k: _FakeLLM()))
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command", required=True))
+    argv = ["data", "qa", "--out", str(tmp_path / "qa"), "--n", "8", "--skip-speech", "--no-progress", "--json"]
+    args = parser.parse_args(argv + ["--limit", "3"])
+    args.func(args)
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert first["planned"] == 3 and first["answers"]["generated"] == 3
+    assert len((tmp_path / "qa" / "dialogues.jsonl").read_text().splitlines()) == 8  # the whole plan is written
+    args = parser.parse_args(argv)
+    args.func(args)
+    full = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert full["planned"] == 8 and full["answers"]["existing"] == 3 and full["answers"]["generated"] == 5

@@ -7,7 +7,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import soundfile as sf
@@ -198,7 +198,7 @@ def build_qa(out: str | os.PathLike, n: int = 3000, multi_frac: float = 0.3, hel
              sampling: Any = None, batch_size: int = 16, state2: int = 400, voices: Sequence[str] = (),
              heldout_voices: Sequence[str] = (), jobs: int = 2, seed: int = 0, skip_speech: bool = False,
              engine_weights: Mapping[str, float] | None = None, wordnet_dir: str = C.WORDNET_DIR,
-             timeout: float = 60.0, progress: bool = True) -> dict[str, Any]:
+             timeout: float = 60.0, progress: bool = True, limit: Optional[int] = None) -> dict[str, Any]:
     """The whole stage-3 data set under ``out`` (see :mod:`freeze_omni.data.qa`); every step resumes.
 
     Args:
@@ -208,14 +208,17 @@ def build_qa(out: str | os.PathLike, n: int = 3000, multi_frac: float = 0.3, hel
         voices: voice specs for the train split; ``heldout_voices`` (kept out of ``voices`` for training)
             speak the held-out split, or the train voices when empty.
         skip_speech: text only (no wav, no state-2 clips; manifest turns have no ``audio``).
+        limit: only the first ``limit`` dialogues of the ``n`` planned (a quick first set; a later run without
+            it completes the same plan, reusing what is done).
 
     Returns:
         A JSON-able summary.
     """
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    dialogues = plan_dialogues(n, multi_frac, heldout_frac, seed, wordnet_dir)
-    write_manifest(out / "dialogues.jsonl", [d.to_row() for d in dialogues])
+    planned = plan_dialogues(n, multi_frac, heldout_frac, seed, wordnet_dir)
+    write_manifest(out / "dialogues.jsonl", [d.to_row() for d in planned])
+    dialogues = planned[:limit]
     ans = generate_answers(dialogues, llm, out / "answers.jsonl", system, sampling, batch_size, llm_name, progress)
     answers = read_answers(out / "answers.jsonl")
     kept = [d for d in dialogues if d.id in answers and answers[d.id].get("dropped") is None
@@ -256,7 +259,7 @@ def build_qa(out: str | os.PathLike, n: int = 3000, multi_frac: float = 0.3, hel
                    multi_round=sum(len(r["turns"]) > 1 for rows in by_split.values() for r in rows),
                    missing_audio=no_audio)
     if not skip_speech and state2 > 0:
-        items = plan_state2(state2, heldout_frac, seed, avoid=[q for d in dialogues for q in d.questions])
+        items = plan_state2(state2, heldout_frac, seed, avoid=[q for d in planned for q in d.questions])
         src = {s: [t["audio"] for r in by_split[s] for t in r["turns"]] for s in SPLITS}
         res2 = make_state2(items, out / "state2", pools, src, jobs, seed, engine_weights, timeout, progress)
         for s in SPLITS:
