@@ -88,11 +88,11 @@ class NgramLM:
     # -- files -----------------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         tmp = f"{path}.tmp"
-        with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=9) as f:
-            f.write(f"{HEADER} order={self.order} discount={self.discount}\n")
-            for ctx in sorted(self.counts):
-                for w, c in sorted(self.counts[ctx].items()):
-                    f.write(f"{' '.join(ctx)}\t{w}\t{c}\n")
+        lines = [f"{HEADER} order={self.order} discount={self.discount}\n"]
+        lines += [f"{' '.join(ctx)}\t{w}\t{c}\n" for ctx in sorted(self.counts)
+                  for w, c in sorted(self.counts[ctx].items())]
+        with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as f:
+            f.write("".join(lines).encode("utf-8"))  # no name, no time: the same LM gives the same bytes
         os.replace(tmp, path)
 
     @classmethod
