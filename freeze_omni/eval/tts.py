@@ -106,14 +106,34 @@ def _ablation_label(row: dict) -> str:
     return f"{'with' if row['prefix'] else 'w/o'} prefix, {'with' if row['pre_network'] else 'w/o'} pre-network"
 
 
+def _evaluate_codec(bundle: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """``--resynth`` on a bundle with a codec and no speech decoder: the recogniser on the manifest audio and on
+    its codec resynthesis."""
+    from freeze_omni.codec.ticodec import load_codec
+    from freeze_omni.eval.recognizer import Transcriber
+
+    rows = [r for r in read_manifest(args.manifest)[: args.limit] if str(r.get("text", "")).strip()]
+    asr = Transcriber(threads=getattr(args, "threads", None) or 1)
+    r_refs, r_hyps, bad = _reference(rows, asr)
+    s_refs, s_hyps, _ = _reference(rows, asr, load_codec(bundle))
+    result: dict[str, Any] = {"n_reference": len(r_refs), "codec_only": True}
+    result.update({f"reference_{k}": v for k, v in _rates(r_refs, r_hyps).items()})
+    result.update({f"resynth_{k}": v for k, v in _rates(s_refs, s_hyps).items()})
+    if bad:
+        result["unreadable_audio"] = bad
+    return result
+
+
 def evaluate_tts(args: argparse.Namespace) -> dict[str, Any]:
     from freeze_omni.bundle import Bundle
-    from freeze_omni.dialogue.speech import SpeechOutput, require_speech
+    from freeze_omni.dialogue.speech import SpeechOutput, has_speech, require_speech
     from freeze_omni.eval.recognizer import Transcriber
     from freeze_omni.llm.backbone import FrozenLLM
     from freeze_omni.llm.loader import llm_settings
 
     bundle = Bundle(args.model)
+    if getattr(args, "resynth", False) and bundle.has("codec") and not has_speech(bundle):
+        return _evaluate_codec(bundle, args)  # a codec still in training: its resynthesis alone
     require_speech(bundle)
     ref, system = llm_settings(bundle)
     llm = FrozenLLM.load(ref)

@@ -64,3 +64,25 @@ def test_bench_latency_breakdown(setup, capsys):
                                    "total"}
         assert set(resp[mode]["total"]) == {"p50", "p90"}
     assert "ratio_p50" in resp and "ratio_p90" in resp
+
+
+def test_eval_tts_resynth_on_a_codec_only_bundle(setup, tmp_path, capsys):
+    """A codec still in training (no speech decoder yet) is measured by its resynthesis alone; without
+    --resynth such a bundle is refused with the missing part named."""
+    import yaml
+
+    d, bundle = setup
+    codec_only = tmp_path / "codec_bundle"
+    codec_only.mkdir()
+    cfg = yaml.safe_load((bundle / "bundle.yaml").read_text())
+    comp = cfg["components"]["codec"]
+    shutil.copy(bundle / comp, codec_only / comp)
+    keep = {k: v for k, v in cfg.items() if k in ("format", "sample_rate", "codec")}
+    (codec_only / "bundle.yaml").write_text(yaml.safe_dump({**keep, "components": {"codec": comp}}))
+    args = ["eval", "tts", "--model", str(codec_only), "--manifest", str(d / "tts.jsonl"), "--json"]
+    assert main(args + ["--resynth"]) == 0
+    r = _last_json(capsys)
+    assert r["codec_only"] is True and r["n_reference"] == 2
+    assert r["reference_cer"] < 10 and r["resynth_cer"] is not None
+    assert main(args) != 0
+    assert "has no decoder" in capsys.readouterr().err
