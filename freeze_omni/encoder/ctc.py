@@ -129,6 +129,9 @@ class BeamCTCState:
         self.ids: list[int] = []
 
     # -- LM bookkeeping ------------------------------------------------------------------------------------------
+    def _push(self, history: tuple[str, ...], word: str) -> tuple[str, ...]:
+        return (history + (word,))[-max(self.lm.order - 1, 1):]
+
     def _word_score(self, history: tuple[str, ...], word: str) -> float:
         return self.cfg.alpha * self.lm.logprob(history, word) + self.cfg.beta
 
@@ -145,8 +148,7 @@ class BeamCTCState:
                 self.lm_states[new] = st
                 return
             score = st.score - st.oov + self._word_score(st.history, st.partial)
-            hist = (st.history + (st.partial,))[-max(self.lm.order - 1, 1):]
-            self.lm_states[new] = _LMState(score, hist, "", 0.0)
+            self.lm_states[new] = _LMState(score, self._push(st.history, st.partial), "", 0.0)
             return
         partial = st.partial + self.chars[c - 1]
         oov = st.oov
@@ -191,7 +193,7 @@ class BeamCTCState:
             ranked = sorted(nxt.items(), key=lambda kv: self._total(kv[0], *kv[1]), reverse=True)
             self.beams = {p: (v[0], v[1]) for p, v in ranked[: self.cfg.beam]}
         self._prune_lm_states()
-        self.ids = list(max(self.beams, key=lambda p: self._total(p, *self.beams[p])))
+        self.ids = list(next(iter(self.beams)))  # beams are kept best first
         return []
 
     def _prune_lm_states(self) -> None:
@@ -207,7 +209,7 @@ class BeamCTCState:
                 hist = st.history
                 if st.partial:
                     score += self._word_score(hist, st.partial) - st.oov
-                    hist = (hist + (st.partial,))[-max(self.lm.order - 1, 1):]
+                    hist = self._push(hist, st.partial)
                 score += self.cfg.alpha * self.lm.logprob(hist, "</s>")
             return score
 

@@ -114,14 +114,21 @@ def _evaluate_codec(bundle: Any, args: argparse.Namespace) -> dict[str, Any]:
 
     rows = [r for r in read_manifest(args.manifest)[: args.limit] if str(r.get("text", "")).strip()]
     asr = Transcriber(threads=getattr(args, "threads", None) or 1)
+    return {"codec_only": True, **_reference_rates(rows, asr, load_codec(bundle))}
+
+
+def _reference_rates(rows: list[dict], asr: Any, codec: Any = None) -> dict[str, Any]:
+    """The recogniser on the rows' own audio (``reference_*``) and, given a codec, on its resynthesis
+    (``resynth_*``)."""
     r_refs, r_hyps, bad = _reference(rows, asr)
-    s_refs, s_hyps, _ = _reference(rows, asr, load_codec(bundle))
-    result: dict[str, Any] = {"n_reference": len(r_refs), "codec_only": True}
-    result.update({f"reference_{k}": v for k, v in _rates(r_refs, r_hyps).items()})
-    result.update({f"resynth_{k}": v for k, v in _rates(s_refs, s_hyps).items()})
+    out: dict[str, Any] = {"n_reference": len(r_refs)}
+    out.update({f"reference_{k}": v for k, v in _rates(r_refs, r_hyps).items()})
     if bad:
-        result["unreadable_audio"] = bad
-    return result
+        out["unreadable_audio"] = bad
+    if codec is not None:
+        s_refs, s_hyps, _ = _reference(rows, asr, codec)
+        out.update({f"resynth_{k}": v for k, v in _rates(s_refs, s_hyps).items()})
+    return out
 
 
 def evaluate_tts(args: argparse.Namespace) -> dict[str, Any]:
@@ -151,14 +158,7 @@ def evaluate_tts(args: argparse.Namespace) -> dict[str, Any]:
                               "prefix": speech.needs_hidden, "pre_network": speech.decoder.cfg.use_pre_nn,
                               "audio_seconds": round(sum(i["seconds"] for i in items), 2),
                               "seconds": round(time.perf_counter() - t0, 2)}
-    r_refs, r_hyps, bad = _reference(rows, asr)
-    result["n_reference"] = len(r_refs)
-    result.update({f"reference_{k}": v for k, v in _rates(r_refs, r_hyps).items()})
-    if bad:
-        result["unreadable_audio"] = bad
-    if getattr(args, "resynth", False):
-        s_refs, s_hyps, _ = _reference(rows, asr, speech.codec)
-        result.update({f"resynth_{k}": v for k, v in _rates(s_refs, s_hyps).items()})
+    result.update(_reference_rates(rows, asr, speech.codec if getattr(args, "resynth", False) else None))
     if getattr(args, "ablation", False):
         extra = [SpeechOutput.from_bundle(b, llm) for b in (getattr(args, "ablation_bundle", None) or [])]
         table = ablation(speech, extra, rows, system, asr, seed, progress)

@@ -57,7 +57,8 @@ class StageModel(nn.Module):
     """Wraps a :class:`SpeechLLM` for the trainer: batch -> sequences -> loss dict."""
 
     def __init__(self, model: SpeechLLM, system: str, train_encoder: bool, train_adapter: bool,
-                 state_weight: float = 1.0, ctc_head: Optional[nn.Module] = None, ctc_weight: float = 0.0) -> None:
+                 state_weight: float = 1.0, ctc_head: Optional[nn.Module] = None, ctc_weight: float = 0.0,
+                 ctc_tokenizer: Any = None) -> None:
         super().__init__()
         self.model, self.system = model, system
         self.train_encoder, self.train_adapter, self.state_weight = train_encoder, train_adapter, state_weight
@@ -66,6 +67,7 @@ class StageModel(nn.Module):
         # An encoder that trains moves away from the stage-1 CTC head; a CTC term keeps the head usable.
         self.ctc_head = ctc_head if (ctc_head is not None and ctc_weight > 0 and train_encoder) else None
         self.ctc_weight = ctc_weight
+        self.ctc_tokenizer = ctc_tokenizer if self.ctc_head is not None else None
 
     def train(self, mode: bool = True) -> "StageModel":
         super().train(mode)
@@ -221,15 +223,16 @@ def build_stage(config: dict, stage: str) -> tuple[StageModel, str, str]:
     if b.has("bridge"):
         _load_bridge(model, b.tensors("bridge"))
     default_train = stage == "align"
-    ctc_head = None
+    ctc_head, ctc_tok = None, None
     if stage == "align" and float(config.get("ctc_weight", 0.0)) > 0 and b.has("ctc"):
         from freeze_omni.encoder.ctc import CharTokenizer, CTCHead
 
-        ctc_head = CTCHead(encoder.output_dim, CharTokenizer(b.config["ctc"]["chars"]).vocab_size)
+        ctc_tok = CharTokenizer(b.config["ctc"]["chars"])
+        ctc_head = CTCHead(encoder.output_dim, ctc_tok.vocab_size)
         ctc_head.load_state_dict(b.tensors("ctc"))
     sm = StageModel(model, system, bool(config.get("train_encoder", default_train)),
                     bool(config.get("train_adapter", default_train)), float(config.get("state_weight", 1.0)),
-                    ctc_head, float(config.get("ctc_weight", 0.0)))
+                    ctc_head, float(config.get("ctc_weight", 0.0)), ctc_tok)
     if stage == "qa":  # stage 3 never changes the task embeddings (stage-2 instructions)
         model.bridge.task_embeddings.requires_grad_(False)
     else:  # stage 2 trains no prompt embeddings / state head
@@ -259,12 +262,8 @@ def _run(config: dict, resume: bool, stage: str) -> int:
             rows += [s2[i % len(s2)] for i in range(want)] if s2 else []
         dataset = DialogueDataset(rows, data.get("max_seconds"))
     aug = Augmenter(**config["augment"]) if config.get("augment") else None
-    ctc_tok = None
-    if sm.ctc_head is not None:
-        from freeze_omni.encoder.ctc import CharTokenizer
-
-        ctc_tok = CharTokenizer(Bundle(config["init_bundle"]).config["ctc"]["chars"])
-    collate = BridgeCollate(sm.model, stage, aug, data.get("silence_chunks", (0, 3)), ctc_tokenizer=ctc_tok)
+    collate = BridgeCollate(sm.model, stage, aug, data.get("silence_chunks", (0, 3)),
+                            ctc_tokenizer=sm.ctc_tokenizer)
     bundle_dir = config.get("export", {}).get("bundle", str(Path(tcfg.out_dir) / "bundle"))
     init = Bundle(config["init_bundle"])
 
