@@ -46,7 +46,10 @@ class SkipNone:
 
 
 def worker_init(_: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the main process, which checkpoints
+    # Ctrl-C and a group-wide SIGTERM (pkill -f, a job manager) are for the main process, which finishes its
+    # step and checkpoints; a worker that died of them would take the run down with an error instead.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def to_device(x: Any, device: torch.device) -> Any:

@@ -155,6 +155,27 @@ def test_resume_after_sigkill_is_exact(reference, tmp_path):
     _assert_same(_trainable(model), _trainable(ref_model))
 
 
+def test_group_sigterm_with_loader_workers_checkpoints(tmp_path):
+    """`pkill -f` / a job manager signals the whole process group, loader workers included: the run still
+    finishes its step, checkpoints and exits cleanly (a worker dying of the signal used to crash it)."""
+    config = _toy.toy_config(tmp_path, sleep=0.05, ckpt_every=3, max_steps=400, num_workers=1, eval_every=0)
+    proc = subprocess.Popen([sys.executable, str(HERE / "_toy.py"), json.dumps(config)], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while latest_checkpoint(tmp_path) is None and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    result = json.loads(out.decode().strip().splitlines()[-1])
+    assert result["interrupted"] and 3 <= result["step"] < 400
+    assert latest_checkpoint(tmp_path).name == f"step_{result['step']:08d}.pt"
+
+
 def test_resume_without_checkpoint_starts_fresh(tmp_path, capsys):
     _, result = _toy.train(_toy.toy_config(tmp_path, max_steps=2, eval_every=0), resume=True)
     assert result.step == 2 and "starting fresh" in capsys.readouterr().err
