@@ -8,6 +8,10 @@ Config (YAML)::
 
     codec: {preset: default, ...overrides}       # or a full CodecConfig dict (freeze_omni.codec.config)
     init: null                                   # a bundle folder whose codec weights start the run
+    freeze: []                                   # codec parts that do not train, e.g. [encoder, quantizer]:
+                                                 # with init, a decoder-side fine-tune (say, adding the
+                                                 # discriminator) that keeps every token id, so a speech
+                                                 # decoder trained on the old tokens stays valid
     segment_seconds: 1.0
     adversarial: {enabled: false, weight: 1.0, feature_matching: 2.0, periods: [2, 3, 5, 7, 11], channels: 16}
     data: {train: M.jsonl, eval: M2.jsonl, eval_limit: 8, samples: 2}   # rows with "audio"
@@ -34,13 +38,32 @@ from freeze_omni.codec.model import Codec, resynthesize
 log = logging.getLogger(__name__)
 
 
+FREEZABLE = ("encoder", "quantizer")
+
+
 class CodecStage(nn.Module):
-    """The codec plus, optionally, a discriminator; ``forward(batch)`` returns the loss dict of one step."""
+    """The codec plus, optionally, a discriminator; ``forward(batch)`` returns the loss dict of one step.
+
+    ``freeze`` names codec parts (of :data:`FREEZABLE`) that neither train nor change in training mode (no
+    dead-code restarts): with both frozen, ``codec.encode`` gives the same tokens before and after the run.
+    """
 
     def __init__(self, codec: Codec, disc: Optional[MultiPeriodDiscriminator] = None, w_adv: float = 1.0,
-                 w_fm: float = 2.0) -> None:
+                 w_fm: float = 2.0, freeze: tuple[str, ...] = ()) -> None:
         super().__init__()
+        unknown = sorted(set(freeze) - set(FREEZABLE))
+        if unknown:
+            raise ValueError(f"codec freeze: unknown part(s) {unknown}; choose from {list(FREEZABLE)}")
         self.codec, self.disc, self.w_adv, self.w_fm = codec, disc, w_adv, w_fm
+        self.frozen = tuple(freeze)
+        for name in self.frozen:
+            getattr(codec, name).requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "CodecStage":
+        super().train(mode)
+        for name in self.frozen:
+            getattr(self.codec, name).eval()
+        return self
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         # 1. Reconstruction, spectral / F0 / VQ losses.
@@ -149,7 +172,10 @@ def run(config: dict, resume: bool) -> int:
     disc = None
     if adv.get("enabled", False):
         disc = MultiPeriodDiscriminator(tuple(adv.get("periods", (2, 3, 5, 7, 11))), int(adv.get("channels", 16)))
-    stage = CodecStage(codec, disc, float(adv.get("weight", 1.0)), float(adv.get("feature_matching", 2.0)))
+    freeze = tuple(config.get("freeze") or ())
+    if freeze and not config.get("init"):
+        raise ValueError("codec freeze needs init: a trained codec bundle whose frozen parts are kept")
+    stage = CodecStage(codec, disc, float(adv.get("weight", 1.0)), float(adv.get("feature_matching", 2.0)), freeze)
     # 2. Data: random crops of the assistant voice with F0 targets.
     data = config["data"]
     dataset = SpeechDataset(data["train"], sample_rate=cfg.sample_rate)

@@ -81,3 +81,44 @@ def test_adversarial_option_trains_both_sides(voice):
     out["loss"].backward()
     assert all(p.grad is not None for p in stage.disc.parameters())
     assert stage.codec.decoder.head.weight.grad.abs().sum() > 0
+
+
+def test_frozen_tokenizer_fine_tune_keeps_every_token(tmp_path, voice, capsys):
+    """`freeze: [encoder, quantizer]` + `init` (here with the discriminator on): the decoder side learns, the
+    token ids of every utterance stay the same, so a speech decoder trained on them stays valid."""
+    import torch
+
+    from freeze_omni.audio.io import load_audio
+    from freeze_omni.codec.config import codec_tiny
+    from freeze_omni.codec.model import Codec
+    from freeze_omni.data.manifest import read_manifest
+    from freeze_omni.train.codec import CodecStage, export_bundle
+
+    torch.manual_seed(0)
+    export_bundle(Codec(codec_tiny()), tmp_path / "init")
+    before = Codec.from_bundle(tmp_path / "init").eval()
+    cfg = {
+        "codec": {"preset": "tiny"}, "init": str(tmp_path / "init"), "freeze": ["encoder", "quantizer"],
+        "segment_seconds": 0.5, "adversarial": {"enabled": True, "periods": [2, 3], "channels": 4},
+        "data": {"train": str(voice)},
+        "train": {"out_dir": str(tmp_path / "exp"), "max_steps": 4, "lr": 1e-2, "batch_size": 2, "log_every": 1,
+                  "ckpt_every": 2, "threads": 1},
+        "export": {"bundle": str(tmp_path / "bundle")},
+    }
+    (tmp_path / "codec.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", "codec", "--config", str(tmp_path / "codec.yaml")]) == 0
+    after = Codec.from_bundle(tmp_path / "bundle").eval()
+    for r in read_manifest(voice):
+        wave = torch.from_numpy(load_audio(r["audio"], before.sample_rate)).unsqueeze(0)
+        with torch.no_grad():
+            assert torch.equal(before.encode(wave), after.encode(wave))
+    for name in ("encoder", "quantizer"):
+        a, b = getattr(before, name).state_dict(), getattr(after, name).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert not torch.equal(before.decoder.head.weight, after.decoder.head.weight)
+
+    with pytest.raises(ValueError, match="unknown part"):
+        CodecStage(before, freeze=("decoder",))
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**cfg, "init": None}))
+    assert main(["train", "codec", "--config", str(tmp_path / "bad.yaml")]) != 0
+    assert "codec freeze needs init" in capsys.readouterr().err
