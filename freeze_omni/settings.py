@@ -9,7 +9,7 @@ the same code with different settings::
     sampling:   {temperature: 0.8, top_k: 20, top_p: 0.8, max_new_tokens: 500}   # llm SamplingConfig
     generation: {top_k: 2, max_tokens: 1000, min_tokens: 1000, ...}             # decoder GenerationConfig
     streaming:  {first_chunk: 20, chunk: 40, context: 10, first_threshold: 0.1, threshold: 0.015, ...}
-    segmenter:  {min_tokens: 4, comma_after: 20, first_allows_comma: true}      # SegmenterConfig
+    segmenter:  {min_tokens: 4, comma_after: 20, first_allows_comma: true, first_max_tokens: 0}  # SegmenterConfig
     tts_lang:   upstream                                                        # normalize_tts(text, lang)
 
 Each section is checked against its dataclass (unknown keys raise ``ValueError``); the config objects are built

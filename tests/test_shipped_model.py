@@ -41,7 +41,8 @@ def test_shipped_model_answers_and_speaks(tmp_path, capsys):
         pytest.skip("the shipped bundle has no trained bridge yet")
     speaks = {"decoder", "codec"} <= parts
     out = tmp_path / "answer.wav"
-    args = ["chat", str(QUESTION), "--model", str(MODEL), "--greedy", "--json"] + (["--out", str(out)] if speaks else [])
+    args = ["chat", str(QUESTION), "--model", str(MODEL), "--greedy", "--json"]
+    args += ["--out", str(out)] if speaks else []
     assert main(args) == 0
     r = _last_json(capsys)
     assert r["decision"] in ("respond", "end_of_input")

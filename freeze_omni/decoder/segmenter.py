@@ -10,6 +10,9 @@ Rules (upstream server, ``reference/freeze_omni_facts.md`` §1.9, parity item 12
   pending. Boundaries: ``, ， 。 ： ？ ！ . : ? ! \\n`` for the first segment of an answer or once ``comma_after``
   (20) tokens are pending; otherwise only ``。 ： ？ ！ . ? ! \\n``. A ``.`` right after a digit (list numbering,
   "1.") does not split. What is left is flushed at the end of the answer.
+* Ours, not upstream (``first_max_tokens``, 0 = off): the first segment also ends at a word boundary once that
+  many tokens are pending, so the first audio does not wait for a long first sentence. The token that starts the
+  next word begins the second segment.
 
 >>> seg = TextSegmenter(decode=lambda ids: "".join(chr(i) for i in ids))
 >>> [s.text for t in "Well, yes. It is 3.5 m, or so. Bye" for s in seg.push(ord(t))] + [seg.flush().text]
@@ -58,6 +61,7 @@ class SegmenterConfig:
     min_tokens: int = 4  # tokens pending before any flush
     comma_after: int = 20  # pending tokens from which commas and colons split later segments too
     first_allows_comma: bool = True  # the first segment may end at a comma (short first segment, low latency)
+    first_max_tokens: int = 0  # > 0: the first segment also ends before a new word once this many are pending
 
 
 @dataclass
@@ -95,17 +99,20 @@ class TextSegmenter:
         """Add one answer token (and the ``[H]`` hidden state that produced it); returns the segment completed by
         it (a list of 0 or 1)."""
         self._ids.append(int(token_id))
+        text = self.decode(self._ids)
+        delta = text[len(self._text):]
+        out = []
+        if self._word_cut(delta):  # the first segment ends before this token's word
+            out.append(self._cut())
         p = self._pending
         p.ids.append(int(token_id))
         if hidden is not None:
             p.hidden.append(hidden.detach().reshape(-1))
-        text = self.decode(self._ids)
-        delta = text[len(self._text):]
         if REPLACEMENT_CHAR in delta:
-            return []
+            return out
         self._text = text
         p.text += delta
-        return [self._cut()] if self._boundary(delta) else []
+        return out + [self._cut()] if self._boundary(delta) else out
 
     def flush(self) -> Segment | None:
         """End of the answer: the rest as a last segment (None when nothing, or only whitespace, is pending)."""
@@ -117,6 +124,12 @@ class TextSegmenter:
             self._pending = _Pending()
             return None
         return self._cut()
+
+    def _word_cut(self, delta: str) -> bool:
+        """A long first segment ends before a token that starts a new word (``first_max_tokens``)."""
+        n, p = self.cfg.first_max_tokens, self._pending
+        return (n > 0 and self._index == 0 and len(p.ids) >= n and REPLACEMENT_CHAR not in delta
+                and delta[:1].isspace() and bool(p.text.strip()))
 
     def _boundary(self, delta: str) -> bool:
         cfg, n = self.cfg, len(self._pending.ids)

@@ -244,5 +244,5 @@ def pipeline_settings(server: dict[str, Any], sample_rate: int) -> PipelineSetti
                    "first_threshold": float(server.get("decoder_seg_threshold_first_pack", 0.1)),
                    "threshold": float(server.get("decoder_seg_threshold", 0.015)),
                    "splice_window_ms": (n - 1) * 1000.0 / sample_rate},
-        segmenter={"min_tokens": 4, "comma_after": 20, "first_allows_comma": True},
+        segmenter={"min_tokens": 4, "comma_after": 20, "first_allows_comma": True, "first_max_tokens": 0},
         tts_lang="upstream")

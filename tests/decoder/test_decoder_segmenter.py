@@ -30,6 +30,20 @@ def test_commas_split_once_twenty_tokens_are_pending():
     assert cut(text, comma_after=1000) == ["One.", " A short one, then a much longer clause, and more."]
 
 
+def test_long_first_sentence_is_cut_at_a_word_boundary_with_first_max_tokens():
+    text = "The capital of France is Paris. It is a big city, on a river."
+    assert cut(text) == ["The capital of France is Paris.", " It is a big city, on a river."]  # upstream: off
+    # the first segment ends before the first word that starts with 12+ characters pending; later ones as before
+    assert cut(text, first_max_tokens=12) == ["The capital of", " France is Paris.", " It is a big city, on a river."]
+    assert cut("Yes, of course it is.", first_max_tokens=2) == ["Yes,", " of course it is."]  # comma first
+    ids = [ord(c) for c in text]
+    segs = segment_answer(ids, chars, hidden=torch.arange(len(ids)).float()[:, None],
+                          cfg=SegmenterConfig(first_max_tokens=12))
+    assert [i for s in segs for i in s.token_ids] == ids  # every token (and hidden state) lands exactly once
+    assert torch.equal(torch.cat([s.hidden[:, 0] for s in segs]), torch.arange(len(ids)).float())
+    assert [s.index for s in segs] == [0, 1, 2]
+
+
 def test_a_period_after_a_digit_does_not_split_and_newlines_do():
     assert cut("Steps:\n1. Boil water\n2. Add tea.") == ["Steps:", "\n1. Boil water\n", "2. Add tea."]
     assert cut("It costs 3.5 dollars today.") == ["It costs 3.5 dollars today."]
