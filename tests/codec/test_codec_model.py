@@ -110,8 +110,10 @@ def test_the_recipe_config_builds():
     from freeze_omni.train import TrainConfig
 
     root = Path(__file__).resolve().parents[2]
-    conf = yaml.safe_load((root / "recipes" / "tiny-en" / "conf" / "codec.yaml").read_text())
-    cfg = build_codec_config(conf["codec"])
-    assert (cfg.sample_rate, cfg.frame_rate, cfg.codebook_size) == (16000, 40, 1024)
-    assert TrainConfig.from_dict(conf["train"]).batch_size == 16
-    assert set(conf) <= {"codec", "init", "segment_seconds", "adversarial", "data", "train", "export"}
+    for name in ("codec", "codec_finetune"):
+        conf = yaml.safe_load((root / "recipes" / "tiny-en" / "conf" / f"{name}.yaml").read_text())
+        cfg = build_codec_config(conf["codec"])
+        assert (cfg.sample_rate, cfg.frame_rate, cfg.codebook_size) == (16000, 40, 1024)
+        assert TrainConfig.from_dict(conf["train"]).batch_size == 16
+        assert set(conf) <= {"codec", "init", "freeze", "segment_seconds", "adversarial", "data", "train", "export"}
+    assert conf["init"] and set(conf["freeze"]) == {"encoder", "quantizer"}  # the fine-tune keeps every token
