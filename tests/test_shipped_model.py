@@ -20,9 +20,9 @@ pytestmark = pytest.mark.skipif(not (MODEL / "bundle.yaml").is_file(), reason="n
 
 
 def _components() -> set:
-    import yaml
+    from freeze_omni.bundle import Bundle
 
-    return set((yaml.safe_load((MODEL / "bundle.yaml").read_text()) or {}).get("components", {}))
+    return set(Bundle(MODEL).config.get("components", {}))
 
 
 def _last_json(capsys) -> dict:

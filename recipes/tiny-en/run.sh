@@ -100,17 +100,16 @@ fi
 
 if [ $stage -le 10 ] && [ $stop_stage -ge 10 ]; then
   log "Stage 10: assistant-voice speech (piper joe): corpus texts, held-out texts"
-  head -n 2000 $D/texts.txt > $D/assistant_texts.txt
-  $FO data synth --voices piper --include-voices piper:joe --texts $D/assistant_texts.txt --out $D/assistant \
-      --jobs $JOBS
-  $FO data synth --voices piper --include-voices piper:joe --texts $D/texts.heldout.txt \
-      --out $D/assistant_heldout --jobs $JOBS
+  joe() { $FO data synth --voices piper --include-voices piper:joe --texts "$1" --out "$2" --jobs $JOBS; }
+  n_codec=2000 n_more=${ASSISTANT_MORE:-4000}
+  head -n $n_codec $D/texts.txt > $D/assistant_texts.txt
+  joe $D/assistant_texts.txt $D/assistant
+  joe $D/texts.heldout.txt $D/assistant_heldout
   # More of the corpus for the speech decoder only (output stage 2 overfits 4000 utterances; the codec keeps its
   # 2000). ASSISTANT_MORE=0 skips it; synthesis resumes where it stopped.
-  if [ "${ASSISTANT_MORE:-4000}" -gt 0 ]; then
-    tail -n +2001 $D/texts.txt | head -n "${ASSISTANT_MORE:-4000}" > $D/assistant_more_texts.txt
-    $FO data synth --voices piper --include-voices piper:joe --texts $D/assistant_more_texts.txt \
-        --out $D/assistant_more --jobs $JOBS
+  if [ "$n_more" -gt 0 ]; then
+    sed -n "$((n_codec + 1)),$((n_codec + n_more))p" $D/texts.txt > $D/assistant_more_texts.txt  # no pipe: pipefail
+    joe $D/assistant_more_texts.txt $D/assistant_more
   fi
 fi
 
