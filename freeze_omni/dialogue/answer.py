@@ -182,12 +182,19 @@ class AnswerStream:
 
     # ------------------------------------------------------------------------------------------ driving
     @torch.no_grad()
+    def wants_text(self) -> bool:
+        """The next :meth:`step` is a text unit (it samples a token, feeding the generator's pending input)."""
+        if self._finished or self._text_done:
+            return False
+        has_speech_work = self.speech is not None and (self.current is not None or bool(self.pending))
+        return not (has_speech_work and not self.cascade and self._speech_first())
+
     def step(self) -> list[Event]:
         """Do one unit of work (module docstring); returns its events ([] once :attr:`done`)."""
         if self._finished:
             return []
         has_speech_work = self.speech is not None and (self.current is not None or bool(self.pending))
-        if not self._text_done and not (has_speech_work and not self.cascade and self._speech_first()):
+        if self.wants_text():
             events = self._text_unit()
         elif has_speech_work:
             events = self._speech_unit()

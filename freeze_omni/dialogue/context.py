@@ -94,12 +94,17 @@ class Context:
 
     def feed(self, pieces: list[Piece]) -> torch.Tensor:
         """Append pieces to the open user turn and to the cache in one forward; returns the last hidden ``[H]``."""
+        x = self.open_inputs(pieces)
+        hidden, _, _ = self.llm.forward_embeds(x[None], self.state, logits_for="none")
+        return hidden[0, -1]
+
+    def open_inputs(self, pieces: list[Piece]) -> torch.Tensor:
+        """Book pieces into the open user turn and return their input embeddings ``[T, H]``; the caller feeds
+        them into :attr:`state` next (:meth:`feed` alone, or a server with other sessions' inputs in one pass)."""
         if not self.open:
             self.turn_start = self.state.length
         self.open.extend(pieces)
-        x = torch.cat([self.embed(p) for p in pieces])[None]
-        hidden, _, _ = self.llm.forward_embeds(x, self.state, logits_for="none")
-        return hidden[0, -1]
+        return torch.cat([self.embed(p) for p in pieces])
 
     @property
     def turn_length(self) -> int:

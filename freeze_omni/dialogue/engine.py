@@ -3,8 +3,10 @@
 The engine owns the read-only pieces (encoder, adapter, bridge, frozen LLM, speech decoder, codec, VAD model) and
 a :class:`~freeze_omni.dialogue.scheduler.Scheduler`. A worker round (:meth:`DialogueEngine.process`) takes a
 batch of sessions and, for each, (1) applies its queued commands and runs the VAD over new packets, (2) encodes
-its next 160 ms chunk — the encoder and adapter run once for the whole batch — then feeds the chunk to that
-session's LLM context and reads the state head, and (3) advances its answer by one unit. Every decision goes
+its next 160 ms chunk — the encoder and adapter run once for the whole batch — (3) runs one LLM pass for the whole
+batch (:meth:`~freeze_omni.llm.backbone.FrozenLLM.forward_ragged`: each listening session's chunk and each
+answering session's next token, every session on its own cache) and reads the state head of the listening ones,
+and (4) advances each answer by one unit. Every decision goes
 through the pure :func:`~freeze_omni.dialogue.state.transition`; :meth:`_act` carries out the actions.
 
 Barge-in: speech during an answer pauses the answer's text generation with the LLM cache covering exactly the
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,6 +42,9 @@ from freeze_omni.dialogue.vad import SileroVAD, VADConfig, VADModel, VADStream
 from freeze_omni.llm.bridge import UserState
 
 log = logging.getLogger(__name__)
+
+SHORT_INPUT = 4  # rows with at most this many inputs share a round's LLM pass; longer ones (a turn's first chunk
+# with its pre-roll and lead) get a second pass, so they do not pad every other row to their length
 
 
 @dataclass
@@ -195,13 +201,52 @@ class DialogueEngine:
                 item = self._guard(s, self._next_chunk, s)
                 if item is not None:
                     rows.append((s, *item))
-            if rows:
-                self._listen(rows)
+            listening = {s for s, _, _ in rows}
+            answering = [s for s in batch if s not in listening and self._guard(s, self._wants_text, s)]
+            self._llm_round(self._listen(rows) if rows else [], answering)
             out = {}
             for s in batch:
                 wake = self._guard(s, self._answer_step, s)
                 out[s] = (not s.closed and (s.has_work() or self._answer_ready(s)), wake)
         return out
+
+    def _llm_round(self, chunks: list[tuple[Session, Packet, torch.Tensor]], answering: list[Session]) -> None:
+        """One LLM pass for the round: the listening chunks' inputs and the answers' next tokens of every session
+        (:meth:`FrozenLLM.forward_ragged`: the weights are read once for all); then the verdicts."""
+        rows = [(s, x, pkt) for s, pkt, x in chunks] + [(s, s.gen.pending_input(), None) for s in answering]
+        rows = [r for r in rows if r[1] is not None]
+        short = [r for r in rows if r[1].shape[0] <= SHORT_INPUT]
+        for group in (short, [r for r in rows if r[1].shape[0] > SHORT_INPUT]):
+            if group:
+                self._ragged(group)
+
+    def _ragged(self, rows: list[tuple[Session, torch.Tensor, Optional[Packet]]]) -> None:
+        t0 = time.perf_counter()
+        try:
+            hidden = self.llm.forward_ragged([x for _, x, _ in rows], [s.ctx.state for s, _, _ in rows])
+        except Exception:  # one bad session must not take the others down: feed them one by one
+            if len(rows) == 1:
+                s, _, _ = rows[0]
+                self._guard(s, self._raise, sys.exc_info()[1])
+                return
+            log.exception("a batched LLM pass failed; feeding the %d sessions one by one", len(rows))
+            for row in rows:
+                self._ragged([row])
+            return
+        dt = (time.perf_counter() - t0) / sum(x.shape[0] for _, x, _ in rows)
+        self.metrics.counter("llm_passes_total")
+        self.metrics.counter("llm_rows_total", len(rows))
+        for (s, x, pkt), h in zip(rows, hidden):
+            if pkt is None:  # an answer's next token
+                self.metrics.counter("answer_compute_seconds_total", dt * x.shape[0])
+                self._guard(s, s.gen.accept, h)
+            else:
+                self.metrics.counter("listen_compute_seconds_total", dt * x.shape[0])
+                self._guard(s, self._verdict, s, pkt, h[-1])
+
+    @staticmethod
+    def _raise(e: BaseException) -> None:
+        raise e
 
     def _guard(self, s: Session, fn: Any, *args: Any) -> Any:
         """Run one session's work; an exception resets that session's conversation, never the others'."""
@@ -284,27 +329,27 @@ class DialogueEngine:
         if start:
             self._signal(s, Signal.SPEECH_START)
 
-    def _listen(self, rows: list[tuple[Session, Packet, np.ndarray]]) -> None:
-        """Encode one chunk per session (batched), then feed each to its session's LLM context."""
+    def _listen(self, rows: list[tuple[Session, Packet, np.ndarray]]) -> list[tuple[Session, Packet, torch.Tensor]]:
+        """Encode one chunk per session (batched); each session's LLM inputs for it (None while pre-roll)."""
         if len(rows) == 1:
             emb = self._guard(rows[0][0], self.listener.encode, [rows[0][0]], [rows[0][2]])
             if emb is None:
-                return
+                return []
         else:
             try:
                 emb = self.listener.encode([s for s, _, _ in rows], [f for _, _, f in rows])
             except Exception:  # one bad session must not take the others down: encode them one by one
                 log.exception("batched encoding failed; encoding the %d sessions one by one", len(rows))
-                for row in rows:
-                    self._listen([row])
-                return
+                return [item for row in rows for item in self._listen([row])]
+        out = []
         for b, (s, pkt, _) in enumerate(rows):
-            self._guard(s, self._verdict, s, pkt, emb[b])
+            x = self._guard(s, self.listener.inputs, s, pkt, emb[b])
+            if x is not None:
+                out.append((s, pkt, x))
+        return out
 
-    def _verdict(self, s: Session, pkt: Packet, emb: torch.Tensor) -> None:
-        verdict = self.listener.feed(s, pkt, emb)
-        if verdict is None:
-            return
+    def _verdict(self, s: Session, pkt: Packet, hidden: torch.Tensor) -> None:
+        verdict = self.listener.verdict(pkt, hidden)
         if verdict == UserState.RESPOND:
             self._end_turn(s, Signal.RESPOND)
         elif verdict == UserState.IGNORE:
@@ -324,6 +369,10 @@ class DialogueEngine:
     # ------------------------------------------------------------------ answering
     def _answer_ready(self, s: Session) -> bool:
         return self.speaker.ready(s)
+
+    def _wants_text(self, s: Session) -> bool:
+        """This round's answer step will sample a token (so its pending input joins the round's LLM pass)."""
+        return self.speaker.ready(s) and s.answer.wants_text()
 
     def _answer_step(self, s: Session) -> Optional[float]:
         """One unit of the answer (unless paced); returns the ``time.monotonic()`` to come back at when the

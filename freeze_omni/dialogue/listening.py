@@ -90,24 +90,25 @@ class ChunkListener:
         self.metrics.counter("listen_compute_seconds_total", time.perf_counter() - t0)
         return emb
 
-    def feed(self, s: Session, pkt: Packet, emb: torch.Tensor) -> Optional[UserState]:
-        """One encoded chunk ``[2, H]`` into the session's LLM context; the state head's verdict (None for a
-        pre-roll chunk, which waits for the first live one)."""
-        t0 = time.perf_counter()
+    def inputs(self, s: Session, pkt: Packet, emb: torch.Tensor) -> Optional[torch.Tensor]:
+        """The LLM inputs ``[T, H]`` of one encoded chunk ``[2, H]`` (booked into the open user turn; the caller
+        feeds them, then asks :meth:`verdict`), or None for a pre-roll chunk, whose inputs wait for the first live
+        one. A turn's first chunk brings the lead: user prefix and prompt embeddings."""
         t = s.turn
         pieces = [Piece.of_embeds(emb)]
-        if t.chunks == 0:  # the turn's lead: user prefix and prompt embeddings
+        if t.chunks == 0:
             pieces = [Piece.of_ids(self.user_prefix), Piece(prompt=True, length=self.model.cfg.prompt_num)] + pieces
         t.chunks += 1
         self.metrics.counter("listen_audio_seconds_total", self.packet / 16000)
         if pkt.preroll:
             t.deferred += pieces
             return None
-        hidden = s.ctx.feed(t.deferred + pieces)
-        t.deferred = []
+        pieces, t.deferred = t.deferred + pieces, []
+        return s.ctx.open_inputs(pieces)
+
+    def verdict(self, pkt: Packet, hidden: torch.Tensor) -> UserState:
+        """The state head's verdict on the last hidden state ``[H]`` of a fed chunk (chunk latency recorded)."""
         verdict = self.model.bridge.predictor_head.decide(hidden)
-        now = time.perf_counter()
         self.metrics.counter("listen_chunks_total")
-        self.metrics.counter("listen_compute_seconds_total", now - t0)
-        self.metrics.observe("chunk_latency_seconds", now - pkt.t)
+        self.metrics.observe("chunk_latency_seconds", time.perf_counter() - pkt.t)
         return verdict

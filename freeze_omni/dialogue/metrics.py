@@ -47,7 +47,9 @@ class Metrics:
                            ("sessions_total", "sessions opened"),
                            ("errors_total", "errors by code"),
                            ("batches_total", "listening rounds"),
-                           ("batched_chunks_total", "chunks encoded in listening rounds")]:
+                           ("batched_chunks_total", "chunks encoded in listening rounds"),
+                           ("llm_passes_total", "LLM passes (each serves several sessions)"),
+                           ("llm_rows_total", "session rows in LLM passes (chunks and answer tokens)")]:
             self._help[name] = ("counter", text)
         self._help["chunk_latency_seconds"] = ("histogram", "from a chunk's last sample in to its state-head verdict")
         self._help["first_audio_seconds"] = ("histogram", "from the end-of-turn decision to the answer's first audio")

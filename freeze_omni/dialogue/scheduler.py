@@ -5,7 +5,9 @@ Ready sessions wait in one FIFO queue; an idle worker takes up to ``max_batch`` 
 off), marks them busy and hands them to the engine's ``process(batch)``, which does one bounded round of work
 for each (at most one 160 ms chunk of listening, batched across the sessions, and one answer step). Afterwards
 each session goes back to the queue if it has more to do, to a timer heap if its answer is paced (audio far
-enough ahead of playback), or rests until its transport queues something (:meth:`Scheduler.notify`).
+enough ahead of playback), or rests until its transport queues something (:meth:`Scheduler.notify`). A round with
+room also takes paced sessions whose timer is due within ``coalesce_s``: their answers are ahead anyway, and one
+LLM pass serves them all.
 
 Invariants: a session is in the queue at most once and is processed by at most one worker at a time (work that
 arrives while it is busy sets ``dirty`` and requeues it on release); a closed session is never processed again
@@ -37,14 +39,17 @@ class Scheduler:
         release: called once with a closed session when no worker holds it any more.
         workers: worker threads.
         max_batch: sessions per round (1: no cross-session batching).
+        coalesce_s: a round that has room also takes paced sessions whose timer is due within this many seconds
+            (their answers are ahead of playback anyway), so more of them share its LLM pass.
     """
 
     def __init__(self, process: ProcessFn, release: Callable[[Any], None], workers: int = 1,
-                 max_batch: int = 8) -> None:
+                 max_batch: int = 8, coalesce_s: float = 0.1) -> None:
         if workers < 1 or max_batch < 1:
             raise ValueError("need at least one worker and a batch of at least one")
         self.process, self.release = process, release
         self.n_workers, self.max_batch = workers, max_batch
+        self.coalesce_s = coalesce_s
         self._cond = threading.Condition()
         self._ready: deque = deque()
         self._timers: list = []
@@ -119,6 +124,12 @@ class Scheduler:
                     s = self._ready.popleft()
                     s.queued = False
                     if not s.closed:
+                        s.busy, s.dirty = True, False
+                        batch.append(s)
+                while batch and len(batch) < self.max_batch and self._timers \
+                        and self._timers[0][0] <= now + self.coalesce_s:
+                    _, _, s = heapq.heappop(self._timers)  # a paced answer due soon rides along: one pass for more
+                    if not (s.closed or s.busy or s.queued):
                         s.busy, s.dirty = True, False
                         batch.append(s)
                 if batch:

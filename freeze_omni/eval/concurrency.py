@@ -162,7 +162,8 @@ def run_users(srv: Any, engine: Any, users: int, seconds: float, question_s: flo
     before = _hist(engine, "chunk_latency_seconds")
     counters0 = {k: m.value(k) for k in ("listen_compute_seconds_total", "listen_audio_seconds_total",
                                          "answer_compute_seconds_total", "answer_audio_seconds_total",
-                                         "batches_total", "batched_chunks_total")}
+                                         "batches_total", "batched_chunks_total", "llm_passes_total",
+                                         "llm_rows_total")}
 
     async def main() -> None:
         until = time.monotonic() + seconds
@@ -189,6 +190,7 @@ def run_users(srv: Any, engine: Any, users: int, seconds: float, question_s: flo
                                                                  "listen_audio_seconds_total"),
             "answer_rtf": ratio("answer_compute_seconds_total", "answer_audio_seconds_total"),
             "chunks_per_round": ratio("batched_chunks_total", "batches_total"),
+            "rows_per_llm_pass": ratio("llm_rows_total", "llm_passes_total"),
             "questions": stats["questions"], "answers": stats["answers"], "unanswered": stats["unanswered"],
             "ignored": stats.get("ignored", 0),
             "answer_audio_s": round(stats["answer_audio_s"], 2), "audio_gaps": stats["gaps"],
@@ -250,7 +252,9 @@ def bench_concurrency(args: argparse.Namespace) -> dict:
     """The CLI entry: load ``--model`` with ``--workers`` workers, warm it up, measure both modes."""
     from freeze_omni.dialogue.engine import DialogueEngine, EngineConfig
 
-    engine = DialogueEngine.from_bundle(args.model, EngineConfig(workers=args.workers),
+    from freeze_omni.server.cli import default_workers
+
+    engine = DialogueEngine.from_bundle(args.model, EngineConfig(workers=args.workers or default_workers()),
                                         vad=getattr(args, "vad", "silero"), device=getattr(args, "device", "cpu"))
     engine.warmup()
     modes = (True,) if args.batching_only else (False,) if args.no_batching else (True, False)
@@ -262,7 +266,8 @@ def add_args(b: argparse.ArgumentParser) -> None:
     """The ``bench concurrency`` options (on the shared ``bench`` parser)."""
     b.add_argument("--max-users", type=int, default=16, help="concurrency: most simultaneous users tried")
     b.add_argument("--seconds", type=float, default=20.0, help="concurrency: seconds per user count")
-    b.add_argument("--workers", type=int, default=1, help="concurrency: server model workers")
+    b.add_argument("--workers", type=int, default=None,
+                   help="concurrency: server model workers (default: one per CPU core, as `serve`)")
     b.add_argument("--question-seconds", type=float, default=1.5, help="concurrency: speech per question")
     b.add_argument("--jitter-ms", type=float, default=100.0,
                    help="concurrency: answer audio may arrive this late before it counts as a gap")

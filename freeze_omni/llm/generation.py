@@ -82,6 +82,28 @@ class TokenGenerator:
             self.close()
         return tok
 
+    def pending_input(self) -> Optional[torch.Tensor]:
+        """``[T, H]`` what the next :meth:`next` would feed first (the prefix, or the last returned token), or None.
+        A server feeds it for many sessions in one pass and hands each its result with :meth:`accept`."""
+        if self._done:
+            return None
+        if self._first is not None:
+            return self._first[0]
+        if self._unfed is not None:
+            return self.llm.embed(torch.tensor([[self._unfed]], device=self.llm.device))[0]
+        return None
+
+    @torch.no_grad()
+    def accept(self, hidden: torch.Tensor) -> None:
+        """The final hidden states ``[T, H]`` of :meth:`pending_input`, already fed into :attr:`state` by the
+        caller: the next :meth:`next` samples from them without feeding anything."""
+        self._hidden = hidden[-1]
+        self._logits = self.llm._logits(hidden[-1:][None])[:, -1]
+        if self._first is not None:
+            self._first = None
+            self.answer_start = self.state.length
+        self._unfed = None
+
     @torch.no_grad()
     def close(self) -> None:
         """Stop here: feed the last returned token (hidden states only), so that the state covers exactly

@@ -194,11 +194,13 @@ def test_concurrent_sessions_do_not_leak(bundle):
     together, recs = _converse(engine, prompts, True)
     assert together == alone and alone[0] != alone[1]
     assert engine.metrics.value("batched_chunks_total") > engine.metrics.value("batches_total")  # some batching
+    assert engine.metrics.value("llm_rows_total") > engine.metrics.value("llm_passes_total")  # shared LLM passes
     for rec in recs:
         assert {e.response_id for e in rec.events if hasattr(e, "response_id")} == {1}
     unbatched = make_engine(bundle, greedy=False, workers=2, batching=False)
     assert _converse(unbatched, prompts, True)[0] == alone
     assert unbatched.metrics.value("batched_chunks_total") == unbatched.metrics.value("batches_total")
+    assert unbatched.metrics.value("llm_rows_total") == unbatched.metrics.value("llm_passes_total")
 
 
 def test_a_failing_session_recovers(bundle):

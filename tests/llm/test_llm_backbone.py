@@ -233,3 +233,49 @@ def test_history_and_finished_flags(llm):
     assert batched == [llm.answer_text([q], "Be brief.", GREEDY, history=[h])[0] for q, h in zip(qs, hs)]
     res = llm.answer_ids(qs, "Be brief.", GREEDY, history=hs)
     assert all(len(a) == GREEDY.max_new_tokens and not finished for a, finished in res)  # random LM: no <|im_end|>
+
+
+def test_forward_ragged_equals_feeding_each_row_alone(llm):
+    """Rows of different cache lengths and input lengths in one pass == each row fed on its own, and the states
+    continue identically afterwards (their caches hold the same keys and values)."""
+    g = torch.Generator().manual_seed(1)
+    pasts, news = (5, 9, 1, 9), (2, 1, 4, 2)
+    ragged, alone = [], []
+    for p in pasts:
+        pre = torch.randn(1, p, 32, generator=g)
+        for group in (ragged, alone):
+            group.append(llm.forward_embeds(pre, llm.new_state(), logits_for="none")[2])
+    xs = [torch.randn(t, 32, generator=g) for t in news]
+    got = llm.forward_ragged(xs, ragged)
+    for x, st, h in zip(xs, alone, got):
+        want, _, _ = llm.forward_embeds(x[None], st, logits_for="none")
+        assert h.shape == (x.shape[0], 32)
+        torch.testing.assert_close(h, want[0], atol=1e-5, rtol=1e-5)
+    assert [s.length for s in ragged] == [p + t for p, t in zip(pasts, news)]
+    assert llm.lm.config._attn_implementation == "freeze_omni_ragged"  # the one-pass path ran
+    nxt = torch.randn(1, 3, 32, generator=g)
+    for a, b in zip(ragged, alone):  # the appended keys/values are right: the next step agrees too
+        torch.testing.assert_close(llm.forward_embeds(nxt, a, logits_for="none")[0],
+                                   llm.forward_embeds(nxt, b, logits_for="none")[0], atol=1e-5, rtol=1e-5)
+
+
+def test_forward_ragged_falls_back_for_padded_states(llm):
+    """A padded multi-row state cannot be stacked with others: it is fed on its own, still correctly."""
+    g = torch.Generator().manual_seed(2)
+    padded = llm.forward_embeds(torch.randn(2, 4, 32, generator=g), llm.new_state(),
+                                attention_mask=torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]]), logits_for="none")[2]
+    plain = llm.forward_embeds(torch.randn(1, 3, 32, generator=g), llm.new_state(), logits_for="none")[2]
+    assert not FrozenLLM._stackable(padded) and FrozenLLM._stackable(plain)
+    with pytest.raises(ValueError, match="inputs for"):
+        llm.forward_ragged([torch.randn(1, 32)], [plain, plain])
+
+
+def test_ragged_capable_attention_keeps_ordinary_passes_exact(llm):
+    """Once switched for ragged passes, the LM's ordinary passes (left-padded batches included) are unchanged."""
+    x = torch.randn(2, 6, 32, generator=torch.Generator().manual_seed(3))
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    before = llm.forward_embeds(x, llm.new_state(), attention_mask=mask, logits_for="none")[0]
+    assert llm._ragged_ok() and llm.lm.config._attn_implementation == "freeze_omni_ragged"
+    after = llm.forward_embeds(x, llm.new_state(), attention_mask=mask, logits_for="none")[0]
+    torch.testing.assert_close(after[:, 2:], before[:, 2:], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(after[1], before[1], atol=1e-6, rtol=1e-6)
