@@ -154,6 +154,16 @@ class SpeechGenerator:
     @torch.no_grad()
     def step(self, state: DecoderState) -> int | None:
         """Sample the next code, feed it, return it; None (and ``state.done``) on EOS or at the limit."""
+        tok = self.sample(state)
+        if tok is not None:
+            self.feed(state, tok)
+        return tok
+
+    @torch.no_grad()
+    def sample(self, state: DecoderState) -> int | None:
+        """The first half of :meth:`step`: sample the next code and record it, without feeding it (the caller
+        feeds it, e.g. :func:`step_many` for many sessions at once); None (and ``state.done``) on EOS or at the
+        limit."""
         if state.done:
             return None
         if len(state.tokens) >= state.max_tokens:
@@ -169,7 +179,6 @@ class SpeechGenerator:
             state.done = True
             return None
         state.tokens.append(tok)
-        self.feed(state, tok)
         return tok
 
     # ------------------------------------------------------------------------------------ text level
@@ -224,3 +233,20 @@ def answer_hidden(llm: Any, system: str, question: str, answer: str, answer_befo
     hidden, _, _ = llm.forward_embeds(llm.embed(x), None, logits_for="none")  # [1, T, H]
     start = len(prompt) + len(before) - 1  # the state at position t produced token t + 1
     return hidden[0, start:start + len(ids)].float()
+
+
+@torch.no_grad()
+def step_many(rows: list[tuple[SpeechGenerator, DecoderState]]) -> list[int | None]:
+    """:meth:`SpeechGenerator.step` for the decodes of several sessions (one decoder), the feeds in one pass
+    (:meth:`~freeze_omni.decoder.model.SpeechDecoder.step_ragged`): each row samples with its own generator, so the
+    tokens are those of stepping each row alone, and rows that end (None) are not fed."""
+    toks = [gen.sample(state) for gen, state in rows]
+    live = [(gen, state, tok) for (gen, state), tok in zip(rows, toks) if tok is not None]
+    if live:
+        dec = live[0][0].decoder
+        logits = dec.step_ragged([t for _, _, t in live], [s.position for _, s, _ in live],
+                                 [s.cache for _, s, _ in live])
+        for (_, state, _), row in zip(live, logits):
+            state.position += 1
+            state.logits = row
+    return toks

@@ -189,6 +189,25 @@ class AnswerStream:
         has_speech_work = self.speech is not None and (self.current is not None or bool(self.pending))
         return not (has_speech_work and not self.cascade and self._speech_first())
 
+    def wants_speech_tokens(self) -> bool:
+        """The next :meth:`step` is a speech unit on a segment already prefilled: a server can sample its tokens
+        together with other sessions' (:func:`~freeze_omni.decoder.generator.step_many` over
+        :attr:`speech_row`) and hand them to :meth:`speech_tokens`."""
+        return (not self._finished and not self.cascade and self.speech is not None and self.current is not None
+                and not self.wants_text())
+
+    @property
+    def speech_row(self) -> tuple[Any, Any]:
+        """The speech generator and the decoder state of the segment being spoken."""
+        return self.gen, self.current.state
+
+    def speech_tokens(self, new: list[int]) -> list[Event]:
+        """A speech unit whose codec tokens (at most ``speech_tokens_per_step``) the caller sampled."""
+        events = self._speech_out(new)
+        if self._text_done and self.current is None and not self.pending:
+            events += self._finish()
+        return events
+
     def step(self) -> list[Event]:
         """Do one unit of work (module docstring); returns its events ([] once :attr:`done`)."""
         if self._finished:
@@ -288,10 +307,14 @@ class AnswerStream:
             self.spoken.append(self.current)
             self._mark("decoder_prefill")
             return []
-        cur = self.current
         new = []
-        while len(new) < self.per_step and (tok := self.gen.step(cur.state)) is not None:
+        while len(new) < self.per_step and (tok := self.gen.step(self.current.state)) is not None:
             new.append(tok)
+        return self._speech_out(new)
+
+    def _speech_out(self, new: list[int]) -> list[Event]:
+        """The rest of a speech unit once its codec tokens are sampled: the codec, the audio event."""
+        sp, cur = self.speech, self.current
         if cur.state.done:
             self.current = None
         if self.cascade:

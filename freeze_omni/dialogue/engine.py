@@ -105,7 +105,8 @@ class DialogueEngine:
         self.listener = ChunkListener(self.model, self.metrics)
         self.packet = self.listener.packet
         self.max_turn_chunks = max(1, int(cfg.max_turn_seconds * 16000 / self.packet))
-        self.scheduler = Scheduler(self.process, self._release, cfg.workers, cfg.max_batch if cfg.batching else 1)
+        self.scheduler = Scheduler(self.process, self._release, cfg.workers, cfg.max_batch if cfg.batching else 1,
+                                   rider=self._feeds)
         self.sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
         self._count = 0
@@ -202,13 +203,44 @@ class DialogueEngine:
                 if item is not None:
                     rows.append((s, *item))
             listening = {s for s, _, _ in rows}
-            answering = [s for s in batch if s not in listening and self._guard(s, self._wants_text, s)]
-            self._llm_round(self._listen(rows) if rows else [], answering)
+            others = [s for s in batch if s not in listening]
+            self._llm_round(self._listen(rows) if rows else [], [s for s in others if self._guard(s, self._feeds, s)])
+            tokens = self._speech_round([s for s in others if self._guard(s, self._wants_speech, s)])
             out = {}
             for s in batch:
-                wake = self._guard(s, self._answer_step, s)
+                wake = self._guard(s, self._answer_step, s, tokens.get(s))
                 out[s] = (not s.closed and (s.has_work() or self._answer_ready(s)), wake)
         return out
+
+    def _speech_round(self, sessions: list[Session]) -> dict[Session, list[int]]:
+        """The codec tokens of one speech unit of each session, the decoder fed for all of them in one pass per
+        token (:func:`~freeze_omni.decoder.generator.step_many`)."""
+        if not sessions:
+            return {}
+        from freeze_omni.decoder.generator import step_many
+
+        t0 = time.perf_counter()
+        new: dict[Session, list[int]] = {s: [] for s in sessions}
+        active = list(sessions)
+        try:
+            for _ in range(sessions[0].answer.per_step):
+                toks = step_many([s.answer.speech_row for s in active])
+                for s, tok in zip(active, toks):
+                    if tok is not None:
+                        new[s].append(tok)
+                active = [s for s, tok in zip(active, toks) if tok is not None]
+                if not active:
+                    break
+        except Exception as e:  # the decodes are half-stepped: these sessions start over (each gets the error)
+            log.exception("a batched decoder pass failed")
+            for s in sessions:
+                self._guard(s, self._raise, e)
+            return {}
+        dt = (time.perf_counter() - t0) / len(sessions)
+        self.metrics.counter("answer_compute_seconds_total", dt * len(sessions))
+        self.metrics.counter("decoder_rounds_total")
+        self.metrics.counter("decoder_rows_total", len(sessions))
+        return new
 
     def _llm_round(self, chunks: list[tuple[Session, Packet, torch.Tensor]], answering: list[Session]) -> None:
         """One LLM pass for the round: the listening chunks' inputs and the answers' next tokens of every session
@@ -294,7 +326,9 @@ class DialogueEngine:
                 s.emit(ev.SessionUpdated(s.system_prompt, s.vad_enabled))
 
     def _next_chunk(self, s: Session) -> Optional[tuple[Packet, np.ndarray]]:
-        """Run the VAD over new packets until the open turn has a chunk to encode; return it (or None)."""
+        """Run the VAD over new packets until the open turn has a live chunk to encode; return it (or None).
+        Pre-roll chunks on the way are encoded at once (their LLM inputs wait for the live chunk anyway), so a
+        turn's start costs one round, not one per pre-roll chunk."""
         while True:
             t = s.turn
             if t is not None and t.feed:
@@ -303,7 +337,9 @@ class DialogueEngine:
                     self._end_turn(s, Signal.END_OF_INPUT)
                     continue
                 feats = self.listener.features(t, pkt)
-                if feats is not None:
+                if feats is not None and pkt.preroll:  # encoded now, fed with the first live chunk: the whole
+                    self.listener.inputs(s, pkt, self.listener.encode([s], [feats])[0])  # pre-roll in one round
+                elif feats is not None:
                     return pkt, feats
                 continue
             if not s.packets:
@@ -370,16 +406,20 @@ class DialogueEngine:
     def _answer_ready(self, s: Session) -> bool:
         return self.speaker.ready(s)
 
-    def _wants_text(self, s: Session) -> bool:
-        """This round's answer step will sample a token (so its pending input joins the round's LLM pass)."""
-        return self.speaker.ready(s) and s.answer.wants_text()
+    def _feeds(self, s: Session) -> bool:
+        """The answer's generator has an input to feed (its last token): it joins the round's LLM pass, whether
+        or not this round samples the next token, so that answers' tokens share passes."""
+        return s.answer is not None and s.gen is not None and not s.paused and s.gen.has_pending
 
-    def _answer_step(self, s: Session) -> Optional[float]:
-        """One unit of the answer (unless paced); returns the ``time.monotonic()`` to come back at when the
-        answer is (now) paced."""
+    def _wants_speech(self, s: Session) -> bool:
+        return self.speaker.ready(s) and s.answer.wants_speech_tokens()
+
+    def _answer_step(self, s: Session, tokens: Optional[list[int]] = None) -> Optional[float]:
+        """One unit of the answer (unless paced; a speech unit of ``tokens`` sampled in this round's decoder pass,
+        if given); returns the ``time.monotonic()`` to come back at when the answer is (now) paced."""
         if s.answer is None or (s.paused and not s.gen.done):
             return None
-        if self.speaker.lead_wait(s) is None and self.speaker.step(s):
+        if (tokens is not None or self.speaker.lead_wait(s) is None) and self.speaker.step(s, tokens):
             self._signal(s, Signal.ANSWER_DONE)
         self._show_state(s)
         wait = self.speaker.lead_wait(s) if s.answer is not None else None

@@ -49,7 +49,9 @@ class Metrics:
                            ("batches_total", "listening rounds"),
                            ("batched_chunks_total", "chunks encoded in listening rounds"),
                            ("llm_passes_total", "LLM passes (each serves several sessions)"),
-                           ("llm_rows_total", "session rows in LLM passes (chunks and answer tokens)")]:
+                           ("llm_rows_total", "session rows in LLM passes (chunks and answer tokens)"),
+                           ("decoder_rounds_total", "speech units stepped together (one decoder pass per token)"),
+                           ("decoder_rows_total", "sessions in those speech units")]:
             self._help[name] = ("counter", text)
         self._help["chunk_latency_seconds"] = ("histogram", "from a chunk's last sample in to its state-head verdict")
         self._help["first_audio_seconds"] = ("histogram", "from the end-of-turn decision to the answer's first audio")

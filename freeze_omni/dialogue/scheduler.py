@@ -41,15 +41,18 @@ class Scheduler:
         max_batch: sessions per round (1: no cross-session batching).
         coalesce_s: a round that has room also takes paced sessions whose timer is due within this many seconds
             (their answers are ahead of playback anyway), so more of them share its LLM pass.
+        rider: ``rider(session) -> bool``: a paced session that can share any round's work (it is taken along
+            whatever its timer; called under the scheduler's lock on sessions no worker holds).
     """
 
     def __init__(self, process: ProcessFn, release: Callable[[Any], None], workers: int = 1,
-                 max_batch: int = 8, coalesce_s: float = 0.1) -> None:
+                 max_batch: int = 8, coalesce_s: float = 0.1, rider: Optional[Callable[[Any], bool]] = None
+                 ) -> None:
         if workers < 1 or max_batch < 1:
             raise ValueError("need at least one worker and a batch of at least one")
         self.process, self.release = process, release
         self.n_workers, self.max_batch = workers, max_batch
-        self.coalesce_s = coalesce_s
+        self.coalesce_s, self.rider = coalesce_s, rider
         self._cond = threading.Condition()
         self._ready: deque = deque()
         self._timers: list = []
@@ -126,18 +129,32 @@ class Scheduler:
                     if not s.closed:
                         s.busy, s.dirty = True, False
                         batch.append(s)
-                while batch and len(batch) < self.max_batch and self._timers \
-                        and self._timers[0][0] <= now + self.coalesce_s:
-                    _, _, s = heapq.heappop(self._timers)  # a paced answer due soon rides along: one pass for more
-                    if not (s.closed or s.busy or s.queued):
-                        s.busy, s.dirty = True, False
-                        batch.append(s)
+                if batch and len(batch) < self.max_batch and self._timers:
+                    self._ride_along(batch, now)
                 if batch:
                     self.busy_workers += 1
                     return batch
                 wait = self._timers[0][0] - now if self._timers else None
                 self._cond.wait(wait)
         return None
+
+    def _ride_along(self, batch: list[Any], now: float) -> None:
+        """Fill a round with paced sessions that are due within ``coalesce_s`` or that ``rider`` says can share
+        its pass (the engine: an answer with a token to feed); they come back to the timers afterwards."""
+        keep, taken = [], 0
+        for item in sorted(self._timers):
+            s = item[2]
+            if s.closed or s.busy or s.queued:
+                continue  # stale entry
+            if len(batch) < self.max_batch and (item[0] <= now + self.coalesce_s or
+                                                (self.rider is not None and self.rider(s))):
+                s.busy, s.dirty = True, False
+                batch.append(s)
+                taken += 1
+            else:
+                keep.append(item)
+        if taken:
+            self._timers = keep  # sorted, hence a heap
 
     def _work(self) -> None:
         while (batch := self._take()) is not None:

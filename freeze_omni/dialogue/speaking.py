@@ -53,22 +53,25 @@ class Speaker:
         s.emit(ev.ResponseStarted(s.response_id))
 
     def lead_wait(self, s: Session) -> Optional[float]:
-        """Seconds to wait before the next step so the audio stays ``answer_lead_seconds`` ahead of playback."""
+        """Seconds to wait before the next step so the audio stays ``answer_lead_seconds`` ahead of playback
+        (None: step now; a wait within the scheduler's ``coalesce_s`` counts as none, so a session that a round
+        takes early does step)."""
         lead, rate = self.engine.cfg.answer_lead_seconds, self.engine.sample_rate
         if lead is None or s.first_audio_t is None or not rate:
             return None
         ahead = s.audio_out / rate - (time.monotonic() - s.first_audio_t)
-        return ahead - lead if ahead > lead else None
+        return ahead - lead if ahead > lead + self.engine.scheduler.coalesce_s else None
 
     def ready(self, s: Session) -> bool:
         """The answer can take a step right now (it exists, is not paused by a barge-in, is not paced)."""
         return s.answer is not None and not (s.paused and not s.gen.done) and self.lead_wait(s) is None
 
-    def step(self, s: Session) -> bool:
-        """One unit of the answer, its events emitted; True when the answer is complete."""
+    def step(self, s: Session, tokens: Optional[list[int]] = None) -> bool:
+        """One unit of the answer (a speech unit of codec ``tokens`` sampled by the caller, if given), its events
+        emitted; True when the answer is complete."""
         m = self.engine.metrics
         t0 = time.perf_counter()
-        events = s.answer.step()
+        events = s.answer.step() if tokens is None else s.answer.speech_tokens(tokens)
         m.counter("answer_compute_seconds_total", time.perf_counter() - t0)
         finished = False
         for e in events:

@@ -3,8 +3,9 @@
 Simulated users talk to a real server over loopback websockets (``/ws``): each streams a spoken question
 (speech-like audio, :func:`freeze_omni.server.testing.speech_like`, after 2 s of silence) in 160 ms frames at
 real-time pace, ends it with ``input.flush`` right after the speech (so an answer follows unless the state head said *ignore*), receives
-the answer, and starts over
-until the run's time is up. A run with N users is **real-time** when
+the answer, and starts over until the run's time is up. The users' first questions start spread evenly over one
+question's length (people do not all start talking at the same instant; ``--lockstep``: all at once, the worst
+case). A run with N users is **real-time** when
 
 * every chunk was processed within its 160 ms (the server's ``chunk_latency_seconds`` histogram: a chunk's last
   sample in -> its state-head verdict; ``--late-tolerance`` allows a fraction over), and
@@ -51,7 +52,7 @@ def _hist_delta(engine: Any, name: str, before: tuple) -> dict:
 
 
 async def _user(url: str, idx: int, until: float, question_s: float, jitter_s: float, stats: dict,
-                answer_timeout: float = 60.0, start_timeout: float = 5.0) -> None:
+                answer_timeout: float = 60.0, start_timeout: float = 5.0, offset_s: float = 0.0) -> None:
     """One simulated user: questions at real-time pace until ``until`` (``time.monotonic``).
 
     One reader follows the whole connection. After a question's ``input.flush`` the user waits until an answer
@@ -124,6 +125,7 @@ async def _user(url: str, idx: int, until: float, question_s: float, jitter_s: f
 
         task = asyncio.create_task(reader())
         try:
+            await asyncio.sleep(offset_s)  # users do not all start speaking at the same instant
             q = 0
             while time.monotonic() < until:
                 # LEAD_SILENCE_S first (the VAD hears the previous question end: more than its 1.5 s default),
@@ -154,8 +156,10 @@ async def _user(url: str, idx: int, until: float, question_s: float, jitter_s: f
 
 
 def run_users(srv: Any, engine: Any, users: int, seconds: float, question_s: float = 1.5,
-              jitter_ms: float = 100.0, late_tolerance: float = 0.0) -> dict:
-    """``users`` simulated users for ``seconds`` against a running server (a ``ServerThread``) of ``engine``."""
+              jitter_ms: float = 100.0, late_tolerance: float = 0.0, stagger: bool = True) -> dict:
+    """``users`` simulated users for ``seconds`` against a running server (a ``ServerThread``) of ``engine``;
+    with ``stagger`` their first questions start spread evenly over one question's length (silence + speech),
+    else all at once (every user's turn in lockstep: the worst case)."""
     stats = {"questions": 0, "answers": 0, "unanswered": 0, "gaps": 0, "max_underrun_ms": 0.0, "errors": [],
              "first_audio_ms": [], "answer_audio_s": 0.0}
     m = engine.metrics
@@ -163,11 +167,13 @@ def run_users(srv: Any, engine: Any, users: int, seconds: float, question_s: flo
     counters0 = {k: m.value(k) for k in ("listen_compute_seconds_total", "listen_audio_seconds_total",
                                          "answer_compute_seconds_total", "answer_audio_seconds_total",
                                          "batches_total", "batched_chunks_total", "llm_passes_total",
-                                         "llm_rows_total")}
+                                         "llm_rows_total", "decoder_rounds_total", "decoder_rows_total")}
 
     async def main() -> None:
         until = time.monotonic() + seconds
-        await asyncio.gather(*(_user(srv.url, i, until, question_s, jitter_ms / 1000, stats) for i in range(users)))
+        spread = (LEAD_SILENCE_S + question_s) / users if stagger else 0.0
+        await asyncio.gather(*(_user(srv.url, i, until, question_s, jitter_ms / 1000, stats, offset_s=i * spread)
+                               for i in range(users)))
 
     t0 = time.monotonic()
     asyncio.run(main())
@@ -191,6 +197,7 @@ def run_users(srv: Any, engine: Any, users: int, seconds: float, question_s: flo
             "answer_rtf": ratio("answer_compute_seconds_total", "answer_audio_seconds_total"),
             "chunks_per_round": ratio("batched_chunks_total", "batches_total"),
             "rows_per_llm_pass": ratio("llm_rows_total", "llm_passes_total"),
+            "rows_per_decoder_pass": ratio("decoder_rows_total", "decoder_rounds_total"),
             "questions": stats["questions"], "answers": stats["answers"], "unanswered": stats["unanswered"],
             "ignored": stats.get("ignored", 0),
             "answer_audio_s": round(stats["answer_audio_s"], 2), "audio_gaps": stats["gaps"],
@@ -259,7 +266,7 @@ def bench_concurrency(args: argparse.Namespace) -> dict:
     engine.warmup()
     modes = (True,) if args.batching_only else (False,) if args.no_batching else (True, False)
     return concurrency(engine, args.max_users, args.seconds, modes, question_s=args.question_seconds,
-                       jitter_ms=args.jitter_ms, late_tolerance=args.late_tolerance)
+                       jitter_ms=args.jitter_ms, late_tolerance=args.late_tolerance, stagger=not args.lockstep)
 
 
 def add_args(b: argparse.ArgumentParser) -> None:
@@ -274,5 +281,8 @@ def add_args(b: argparse.ArgumentParser) -> None:
     b.add_argument("--late-tolerance", type=float, default=0.0,
                    help="concurrency: fraction of chunks allowed over 160 ms (default: none)")
     b.add_argument("--vad", choices=("silero", "energy"), default="silero", help="concurrency: the server's speech gate")
+    b.add_argument("--lockstep", action="store_true",
+                   help="concurrency: all users start their questions at the same instant (default: spread over "
+                        "one question)")
     b.add_argument("--no-batching", action="store_true", help="concurrency: only without cross-user batching")
     b.add_argument("--batching-only", action="store_true", help="concurrency: only with cross-user batching")

@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from freeze_omni.llm.builtin import BUILTIN_SMOLLM2, builtin_smollm2_dir
 from freeze_omni.llm.chat import ChatFraming
 from freeze_omni.llm.sampling import SamplingConfig, sample_next
+from freeze_omni.ragged import RAGGED_MODEL_TYPES, Ragged, use_ragged_attention
 
 LogitsFor = Literal["all", "last", "none"]
 
@@ -80,52 +80,6 @@ class LLMState:
                     cache.layers.append(new)
         mask = None if self.mask is None else self.mask.clone()
         return LLMState(cache=cache, length=self.length, mask=mask)
-
-
-_RAGGED_ATTN = "freeze_omni_ragged"
-_RAGGED_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral"})
-
-
-@dataclass
-class _Ragged:
-    """One :meth:`FrozenLLM.forward_ragged` pass: each row's cache, and how many of the last inputs are real."""
-
-    caches: list
-    lengths: list[int]
-
-
-def _ragged_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                      attention_mask: torch.Tensor | None, freeze_omni_ragged: _Ragged | None = None,
-                      **kwargs: Any) -> tuple[torch.Tensor, None]:
-    """The attention of LMs switched by :meth:`FrozenLLM._ragged_ok`: plain SDPA, except inside a ragged pass,
-    where each row appends its real new keys/values to its own cache and attends over that (causal)."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    if freeze_omni_ragged is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    B, heads, T, hd = query.shape
-    out = query.new_zeros(B, T, heads, hd)
-    groups = heads // key.shape[1]
-    for b, (cache, t) in enumerate(zip(freeze_omni_ragged.caches, freeze_omni_ragged.lengths)):
-        k, v = cache.update(key[b:b + 1, :, T - t:], value[b:b + 1, :, T - t:], module.layer_idx)
-        if groups > 1:
-            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        q = query[b:b + 1, :, T - t:]
-        mask = None
-        if t > 1:  # the new block is causal; everything before it is visible
-            n = k.shape[2]
-            mask = torch.ones(t, n, dtype=torch.bool, device=q.device).tril(n - t)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=kwargs.get("scaling"))
-        out[b, T - t:] = o[0].transpose(0, 1)
-    return out, None
-
-
-def _register_ragged_attention() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
-
-    AttentionInterface.register(_RAGGED_ATTN, _ragged_attention)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(_RAGGED_ATTN, sdpa_mask)
 
 
 class FrozenLLM(nn.Module):
@@ -368,7 +322,7 @@ class FrozenLLM(nn.Module):
         Row ``b`` feeds ``embeds[b]`` (``[T_b, H]``) on top of ``states[b]``; cache lengths and ``T_b`` may all
         differ. The inputs go through the LM as one ``[B, max T_b, H]`` batch (each row's inputs at the end of the
         block, its own positions), so every weight matrix is read once for all rows; only attention runs per row,
-        each row's queries against its own cache (:func:`_ragged_attention`), which grows by its own inputs. No
+        each row's queries against its own cache (:func:`freeze_omni.ragged.ragged_attention`), which grows by its own inputs. No
         cache is copied or padded. The result equals feeding each row alone up to float rounding (tested). A small
         LM's step costs about the same for 1 row as for 8, so this is how one model serves many users.
 
@@ -392,24 +346,18 @@ class FrozenLLM(nn.Module):
             pos[b, T - t:] = torch.arange(s.length, s.length + t, device=dev)
             lengths.append(t)
         out = self._lm.get_decoder()(inputs_embeds=x, position_ids=pos, use_cache=False,
-                                     freeze_omni_ragged=_Ragged([s.cache for s in states], lengths))
+                                     freeze_omni_ragged=Ragged([s.cache for s in states], lengths))
         hidden = out.last_hidden_state
         for s, t in zip(states, lengths):
             s.length += t
         return [hidden[b, T - t:] for b, t in enumerate(lengths)]
 
     def _ragged_ok(self) -> bool:
-        """Switch the LM to the ragged-capable attention (plain SDPA unless a ragged pass is running) once;
-        False for model types whose attention it does not reproduce (soft-capping, sliding windows, ...)."""
+        """Whether this LM can take ragged passes (it is switched to the ragged-capable attention on first use)."""
         cfg = self._lm.config
-        if cfg.model_type not in _RAGGED_MODEL_TYPES or getattr(cfg, "use_sliding_window", False):
-            return False
-        if cfg._attn_implementation != _RAGGED_ATTN:
-            if cfg._attn_implementation != "sdpa":
-                return False
-            _register_ragged_attention()
-            cfg._attn_implementation = _RAGGED_ATTN
-        return True
+        if cfg.model_type not in RAGGED_MODEL_TYPES or getattr(cfg, "use_sliding_window", False):
+            return False  # attention of another kind (soft-capping, sliding windows, ...): not reproduced
+        return use_ragged_attention(cfg)
 
     @staticmethod
     def _stackable(state: LLMState) -> bool:

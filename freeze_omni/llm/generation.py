@@ -82,6 +82,11 @@ class TokenGenerator:
             self.close()
         return tok
 
+    @property
+    def has_pending(self) -> bool:
+        """:meth:`pending_input` is not None."""
+        return not self._done and (self._first is not None or self._unfed is not None)
+
     def pending_input(self) -> Optional[torch.Tensor]:
         """``[T, H]`` what the next :meth:`next` would feed first (the prefix, or the last returned token), or None.
         A server feeds it for many sessions in one pass and hands each its result with :meth:`accept`."""

@@ -82,8 +82,9 @@ class Connection:
             log.debug("connection ended", exc_info=True)
         finally:
             self.session.close()
-            if writer is not None and not writer.done():
-                writer.cancel()
+            if writer is not None:  # awaited even when done: a client gone mid-send is not an unretrieved error
+                if not writer.done():
+                    writer.cancel()
                 with contextlib.suppress(BaseException):
                     await writer
 

@@ -184,15 +184,22 @@ def _converse(engine, prompts, start_first):
     while time.monotonic() < deadline and not all(r.of(ev.ResponseDone) for r in recs):
         time.sleep(0.01)
     engine.stop()
-    return [r.of(ev.ResponseDone)[0].text for r in recs], recs
+    return [(r.of(ev.ResponseDone)[0].text, _pcm(r)) for r in recs], recs
+
+
+def _pcm(rec) -> bytes:
+    return b"".join(e.pcm.tobytes() for e in rec.of(ev.ResponseAudio))
 
 
 def test_concurrent_sessions_do_not_leak(bundle):
+    """Sessions served together (batched encoder, LLM and decoder passes) answer, in text and audio, exactly
+    what each says alone; so do sessions served without batching."""
     prompts = ["You are Alpha.", "You are Bravo, a pirate who speaks in riddles."]
     alone = [_converse(make_engine(bundle, greedy=False, workers=2), [p], True)[0][0] for p in prompts]
     engine = make_engine(bundle, greedy=False, workers=2, max_batch=4)
     together, recs = _converse(engine, prompts, True)
-    assert together == alone and alone[0] != alone[1]
+    assert together == alone and alone[0] != alone[1] and all(len(pcm) > 0 for _, pcm in alone)
+    assert engine.metrics.value("decoder_rows_total") > engine.metrics.value("decoder_rounds_total")
     assert engine.metrics.value("batched_chunks_total") > engine.metrics.value("batches_total")  # some batching
     assert engine.metrics.value("llm_rows_total") > engine.metrics.value("llm_passes_total")  # shared LLM passes
     for rec in recs:
@@ -201,6 +208,7 @@ def test_concurrent_sessions_do_not_leak(bundle):
     assert _converse(unbatched, prompts, True)[0] == alone
     assert unbatched.metrics.value("batched_chunks_total") == unbatched.metrics.value("batches_total")
     assert unbatched.metrics.value("llm_rows_total") == unbatched.metrics.value("llm_passes_total")
+    assert unbatched.metrics.value("decoder_rows_total") == unbatched.metrics.value("decoder_rounds_total") > 0
 
 
 def test_a_failing_session_recovers(bundle):
