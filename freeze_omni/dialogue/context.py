@@ -181,8 +181,8 @@ class Context:
         return True
 
     def expected_length(self) -> int:
-        """What the cache length must be when no turn is open and no answer runs (a consistency check)."""
-        return self.system.length + sum(ex.length for ex in self.exchanges)
+        """What the cache length must be when no answer runs (a consistency check)."""
+        return self.system.length + sum(ex.length for ex in self.exchanges) + self.turn_length
 
     # ------------------------------------------------------------------ internals
     def _prefill(self, pieces: list[Piece], block: int = 512) -> LLMState:

@@ -43,6 +43,7 @@ from freeze_omni.llm.bridge import UserState
 
 log = logging.getLogger(__name__)
 
+LEAD = object()  # marks an idle session's lead row in a round's LLM pass
 SHORT_INPUT = 4  # rows with at most this many inputs share a round's LLM pass; longer ones (a turn's first chunk
 # with its pre-roll and lead) get a second pass, so they do not pad every other row to their length
 
@@ -59,8 +60,8 @@ class EngineConfig:
         keep_context: positions kept by an eviction (default half of ``max_context``).
         preroll_chunks: 160 ms chunks from before the speech onset fed first (the first syllable is not lost).
         max_turn_seconds: a user turn with no verdict by then is rolled back.
-        answer_lead_seconds: pace answers to stay at most this far ahead of real-time playback (None: as fast as
-            possible).
+        answer_lead_seconds: pace answer audio to stay at most this far ahead of real-time playback (the text is
+            not paced; None: as fast as possible).
         keep_unspoken: on a cut answer, keep every generated token in the context, not only the spoken ones.
         seed: base seed of each session's sampling.
         vad: the speech start/end rule.
@@ -204,7 +205,9 @@ class DialogueEngine:
                     rows.append((s, *item))
             listening = {s for s, _, _ in rows}
             others = [s for s in batch if s not in listening]
-            self._llm_round(self._listen(rows) if rows else [], [s for s in others if self._guard(s, self._feeds, s)])
+            leads = [(s, x) for s in others if (x := self._guard(s, self._lead_inputs, s)) is not None]
+            self._llm_round(self._listen(rows) if rows else [], [s for s in others if self._guard(s, self._feeds, s)],
+                            leads)
             tokens = self._speech_round([s for s in others if self._guard(s, self._wants_speech, s)])
             out = {}
             for s in batch:
@@ -242,10 +245,12 @@ class DialogueEngine:
         self.metrics.counter("decoder_rows_total", len(sessions))
         return new
 
-    def _llm_round(self, chunks: list[tuple[Session, Packet, torch.Tensor]], answering: list[Session]) -> None:
-        """One LLM pass for the round: the listening chunks' inputs and the answers' next tokens of every session
-        (:meth:`FrozenLLM.forward_ragged`: the weights are read once for all); then the verdicts."""
-        rows = [(s, x, pkt) for s, pkt, x in chunks] + [(s, s.gen.pending_input(), None) for s in answering]
+    def _llm_round(self, chunks: list[tuple[Session, Packet, torch.Tensor]], answering: list[Session],
+                   leads: list[tuple[Session, torch.Tensor]]) -> None:
+        """One LLM pass for the round: the listening chunks' inputs, the answers' next tokens and the leads of idle
+        sessions (:meth:`FrozenLLM.forward_ragged`: the weights are read once for all); then the verdicts."""
+        rows = ([(s, x, pkt) for s, pkt, x in chunks] + [(s, s.gen.pending_input(), None) for s in answering]
+                + [(s, x, LEAD) for s, x in leads])
         rows = [r for r in rows if r[1] is not None]
         short = [r for r in rows if r[1].shape[0] <= SHORT_INPUT]
         for group in (short, [r for r in rows if r[1].shape[0] > SHORT_INPUT]):
@@ -269,7 +274,9 @@ class DialogueEngine:
         self.metrics.counter("llm_passes_total")
         self.metrics.counter("llm_rows_total", len(rows))
         for (s, x, pkt), h in zip(rows, hidden):
-            if pkt is None:  # an answer's next token
+            if pkt is LEAD:
+                self.metrics.counter("listen_compute_seconds_total", dt * x.shape[0])
+            elif pkt is None:  # an answer's next token
                 self.metrics.counter("answer_compute_seconds_total", dt * x.shape[0])
                 self._guard(s, s.gen.accept, h)
             else:
@@ -406,6 +413,16 @@ class DialogueEngine:
     def _answer_ready(self, s: Session) -> bool:
         return self.speaker.ready(s)
 
+    def _lead_inputs(self, s: Session) -> Optional[torch.Tensor]:
+        """While nobody speaks, the next user turn's lead (user prefix, prompt embeddings) goes into the context
+        ahead of time, so a turn's first chunk costs a short pass, not one over the lead too (rolled back with
+        the turn; dropped again before an answer to no speech)."""
+        ctx = s.ctx
+        if s.phase != Phase.IDLE or s.turn is not None or s.answer is not None or ctx is None or ctx.open \
+                or ctx.answer_start is not None:
+            return None
+        return ctx.open_inputs(self.listener.lead())
+
     def _feeds(self, s: Session) -> bool:
         """The answer's generator has an input to feed (its last token): it joins the round's LLM pass, whether
         or not this round samples the next token, so that answers' tokens share passes."""
@@ -419,10 +436,10 @@ class DialogueEngine:
         if given); returns the ``time.monotonic()`` to come back at when the answer is (now) paced."""
         if s.answer is None or (s.paused and not s.gen.done):
             return None
-        if (tokens is not None or self.speaker.lead_wait(s) is None) and self.speaker.step(s, tokens):
+        if (tokens is not None or self.speaker.paced(s) is None) and self.speaker.step(s, tokens):
             self._signal(s, Signal.ANSWER_DONE)
         self._show_state(s)
-        wait = self.speaker.lead_wait(s) if s.answer is not None else None
+        wait = self.speaker.paced(s) if s.answer is not None else None
         return None if wait is None else time.monotonic() + wait
 
     # ------------------------------------------------------------------ the state machine
@@ -440,6 +457,8 @@ class DialogueEngine:
             s.ctx.rollback_turn()
             s.turn = None
         elif a == Action.COMMIT_TURN:
+            if s.turn is None and s.ctx.open:  # an answer to no speech: its user turn is empty, not a bare lead
+                s.ctx.rollback_turn()
             if s.turn is not None and s.turn.deferred:
                 s.ctx.feed(s.turn.deferred)
             s.ctx.commit_turn()

@@ -93,11 +93,11 @@ class ChunkListener:
     def inputs(self, s: Session, pkt: Packet, emb: torch.Tensor) -> Optional[torch.Tensor]:
         """The LLM inputs ``[T, H]`` of one encoded chunk ``[2, H]`` (booked into the open user turn; the caller
         feeds them, then asks :meth:`verdict`), or None for a pre-roll chunk, whose inputs wait for the first live
-        one. A turn's first chunk brings the lead: user prefix and prompt embeddings."""
+        one. A turn's first chunk brings the lead (:meth:`lead`), unless the engine fed it while nobody spoke."""
         t = s.turn
         pieces = [Piece.of_embeds(emb)]
-        if t.chunks == 0:
-            pieces = [Piece.of_ids(self.user_prefix), Piece(prompt=True, length=self.model.cfg.prompt_num)] + pieces
+        if t.chunks == 0 and not s.ctx.open:  # (an open turn already holds the lead fed while nobody spoke)
+            pieces = self.lead() + pieces
         t.chunks += 1
         self.metrics.counter("listen_audio_seconds_total", self.packet / 16000)
         if pkt.preroll:
@@ -105,6 +105,10 @@ class ChunkListener:
             return None
         pieces, t.deferred = t.deferred + pieces, []
         return s.ctx.open_inputs(pieces)
+
+    def lead(self) -> list[Piece]:
+        """What opens every user turn in the LLM context: the user prefix and the bridge's prompt embeddings."""
+        return [Piece.of_ids(self.user_prefix), Piece(prompt=True, length=self.model.cfg.prompt_num)]
 
     def verdict(self, pkt: Packet, hidden: torch.Tensor) -> UserState:
         """The state head's verdict on the last hidden state ``[H]`` of a fed chunk (chunk latency recorded)."""

@@ -53,6 +53,7 @@ class Scheduler:
         self.process, self.release = process, release
         self.n_workers, self.max_batch = workers, max_batch
         self.coalesce_s, self.rider = coalesce_s, rider
+        self.hosted = False  # one of the workers is the thread that calls run()
         self._cond = threading.Condition()
         self._ready: deque = deque()
         self._timers: list = []
@@ -64,12 +65,14 @@ class Scheduler:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
+        """Start the worker threads (all ``workers``, or one fewer when :attr:`hosted`: :meth:`run` is that one)."""
         with self._cond:
             if self._running:
                 return
             self._running = True
+            self._cond.notify_all()
         self._threads = [threading.Thread(target=self._work, name=f"freeze-omni-worker-{i}", daemon=True)
-                         for i in range(self.n_workers)]
+                         for i in range(self.n_workers - (1 if self.hosted else 0))]
         for t in self._threads:
             t.start()
 
@@ -113,10 +116,26 @@ class Scheduler:
             self.release(session)
 
     # ------------------------------------------------------------------ workers
-    def _take(self) -> Optional[list[Any]]:
+    def run(self, until: Callable[[], bool]) -> None:
+        """Be a worker on the calling thread (set :attr:`hosted` first) until ``until()``, across any number of
+        :meth:`start` / :meth:`stop` cycles. On the main thread this is the fast worker: measured, torch's
+        multi-threaded ops cost ~80 us more each in any other thread (README, serving)."""
+        while not until():
+            batch = self._take(timeout=0.2)
+            if batch is not None:
+                self._round(batch)
+
+    def _take(self, timeout: Optional[float] = None) -> Optional[list[Any]]:
+        """A batch to process; None once stopped (with ``timeout``: also when nothing came in time)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._running:
+            while self._running or deadline is not None:
                 now = time.monotonic()
+                if not self._running:
+                    if now >= deadline:
+                        return None
+                    self._cond.wait(deadline - now)
+                    continue
                 while self._timers and self._timers[0][0] <= now:
                     _, _, s = heapq.heappop(self._timers)
                     if not (s.closed or s.busy or s.queued):
@@ -135,6 +154,10 @@ class Scheduler:
                     self.busy_workers += 1
                     return batch
                 wait = self._timers[0][0] - now if self._timers else None
+                if deadline is not None:
+                    if now >= deadline:
+                        return None
+                    wait = deadline - now if wait is None else min(wait, deadline - now)
                 self._cond.wait(wait)
         return None
 
@@ -158,26 +181,29 @@ class Scheduler:
 
     def _work(self) -> None:
         while (batch := self._take()) is not None:
-            try:
-                results = self.process(batch)
-            except Exception:  # the engine guards each session; this is a last resort
-                log.exception("worker round failed")
-                results = {}
-            released = []
-            with self._cond:
-                self.busy_workers -= 1
-                self.rounds += 1
-                for s in batch:
-                    s.busy = False
-                    if s.closed:
-                        released.append(s)
-                        continue
-                    more, wake = results.get(s, (False, None))
-                    if more or s.dirty:
-                        s.queued, s.dirty = True, False
-                        self._ready.append(s)
-                    elif wake is not None:
-                        heapq.heappush(self._timers, (wake, next(self._seq), s))
-                self._cond.notify_all()
-            for s in released:
-                self.release(s)
+            self._round(batch)
+
+    def _round(self, batch: list[Any]) -> None:
+        try:
+            results = self.process(batch)
+        except Exception:  # the engine guards each session; this is a last resort
+            log.exception("worker round failed")
+            results = {}
+        released = []
+        with self._cond:
+            self.busy_workers -= 1
+            self.rounds += 1
+            for s in batch:
+                s.busy = False
+                if s.closed:
+                    released.append(s)
+                    continue
+                more, wake = results.get(s, (False, None))
+                if more or s.dirty:
+                    s.queued, s.dirty = True, False
+                    self._ready.append(s)
+                elif wake is not None:
+                    heapq.heappush(self._timers, (wake, next(self._seq), s))
+            self._cond.notify_all()
+        for s in released:
+            self.release(s)

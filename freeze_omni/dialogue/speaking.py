@@ -62,9 +62,14 @@ class Speaker:
         ahead = s.audio_out / rate - (time.monotonic() - s.first_audio_t)
         return ahead - lead if ahead > lead + self.engine.scheduler.coalesce_s else None
 
+    def paced(self, s: Session) -> Optional[float]:
+        """Seconds the answer's next unit must wait (None: none). Only speech is paced: text units go on while the
+        audio is far enough ahead (the text is ready early, and its LLM passes are spread out)."""
+        return None if s.answer.wants_text() else self.lead_wait(s)
+
     def ready(self, s: Session) -> bool:
         """The answer can take a step right now (it exists, is not paused by a barge-in, is not paced)."""
-        return s.answer is not None and not (s.paused and not s.gen.done) and self.lead_wait(s) is None
+        return s.answer is not None and not (s.paused and not s.gen.done) and self.paced(s) is None
 
     def step(self, s: Session, tokens: Optional[list[int]] = None) -> bool:
         """One unit of the answer (a speech unit of codec ``tokens`` sampled by the caller, if given), its events

@@ -259,22 +259,31 @@ def bench_concurrency(args: argparse.Namespace) -> dict:
     """The CLI entry: load ``--model`` with ``--workers`` workers, warm it up, measure both modes."""
     from freeze_omni.dialogue.engine import DialogueEngine, EngineConfig
 
-    from freeze_omni.server.cli import default_workers
+    from freeze_omni.server.cli import host_engine
 
-    engine = DialogueEngine.from_bundle(args.model, EngineConfig(workers=args.workers or default_workers()),
+    engine = DialogueEngine.from_bundle(args.model, EngineConfig(workers=args.workers),
                                         vad=getattr(args, "vad", "silero"), device=getattr(args, "device", "cpu"))
     engine.warmup()
     modes = (True,) if args.batching_only else (False,) if args.no_batching else (True, False)
-    return concurrency(engine, args.max_users, args.seconds, modes, question_s=args.question_seconds,
-                       jitter_ms=args.jitter_ms, late_tolerance=args.late_tolerance, stagger=not args.lockstep)
+    out: dict = {}
+
+    def measure() -> None:  # the server and the users in a thread; this (main) thread is a worker, as in `serve`
+        out["result"] = concurrency(engine, args.max_users, args.seconds, modes, question_s=args.question_seconds,
+                                    jitter_ms=args.jitter_ms, late_tolerance=args.late_tolerance,
+                                    stagger=not args.lockstep)
+
+    host_engine(engine, measure, lambda: None)
+    if "result" not in out:
+        raise RuntimeError("the concurrency measurement did not finish")
+    return out["result"]
 
 
 def add_args(b: argparse.ArgumentParser) -> None:
     """The ``bench concurrency`` options (on the shared ``bench`` parser)."""
     b.add_argument("--max-users", type=int, default=16, help="concurrency: most simultaneous users tried")
     b.add_argument("--seconds", type=float, default=20.0, help="concurrency: seconds per user count")
-    b.add_argument("--workers", type=int, default=None,
-                   help="concurrency: server model workers (default: one per CPU core, as `serve`)")
+    b.add_argument("--workers", type=int, default=1,
+                   help="concurrency: server model workers (default: %(default)s, the main thread, as `serve`)")
     b.add_argument("--question-seconds", type=float, default=1.5, help="concurrency: speech per question")
     b.add_argument("--jitter-ms", type=float, default=100.0,
                    help="concurrency: answer audio may arrive this late before it counts as a gap")

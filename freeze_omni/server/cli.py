@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
+from typing import Any, Callable
 
 from freeze_omni.cli import add_common
 
@@ -17,9 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add_common(sub.add_parser("serve", help="serve the model over a websocket (many users at once)"))
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
     p.add_argument("--port", type=int, default=8765, help="port (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=None,
-                   help="model worker threads (default: one per CPU core, each with one torch thread: in a "
-                        "worker thread, multi-threaded torch ops cost ~80 us more each, measured in README)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="model workers (default: %(default)s, the main thread, with every core as a torch thread; "
+                        "more workers run in threads, where multi-threaded torch ops are slow: README, serving)")
     p.add_argument("--max-users", type=int, default=8, help="concurrent sessions (default: %(default)s)")
     p.add_argument("--token", default=os.environ.get("FREEZE_OMNI_TOKEN"),
                    help="require this bearer token (default: $FREEZE_OMNI_TOKEN, else none)")
@@ -42,11 +44,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_serve)
 
 
-def default_workers() -> int:
-    """One model worker per CPU core (each runs torch single-threaded)."""
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-
-
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
     import torch
@@ -56,7 +53,6 @@ def _serve(args: argparse.Namespace) -> int:
 
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ValueError("--tls-cert and --tls-key go together")
-    args.workers = args.workers or default_workers()
     if args.workers < 1 or args.max_users < 1:
         raise ValueError("--workers and --max-users must be at least 1")
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // args.workers))
@@ -75,10 +71,28 @@ def _serve(args: argparse.Namespace) -> int:
           f"({args.workers} worker(s), up to {args.max_users} users); web client: "
           f"{'https' if args.tls_cert else 'http'}://{page_host}:{args.port}/", flush=True)
     # no access log: a browser's token travels in the query string (?token=...) and must not land in logs
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, ws_max_size=4 * args.max_message_bytes,
-                ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key, ws_ping_interval=20.0, ws_ping_timeout=20.0,
-                access_log=False)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=args.host, port=args.port, log_level=args.log_level, ws_max_size=4 * args.max_message_bytes,
+        ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key, ws_ping_interval=20.0, ws_ping_timeout=20.0,
+        access_log=False))
+    host_engine(engine, server.run, lambda: setattr(server, "should_exit", True))
     return 0
+
+
+def host_engine(engine: Any, serve: Callable[[], Any], shutdown: Callable[[], None]) -> None:
+    """Run ``serve()`` (which starts and stops ``engine``, e.g. uvicorn with the app's lifespan) in a thread while
+    this (main) thread is one of the engine's workers: torch's multi-threaded ops run at full speed only on the
+    main thread (measured: README, serving). Ctrl-C calls ``shutdown()`` and waits for ``serve`` to return."""
+    engine.scheduler.hosted = True
+    thread = threading.Thread(target=serve, name="freeze-omni-io", daemon=True)
+    thread.start()
+    try:
+        engine.scheduler.run(until=lambda: not thread.is_alive())
+    except KeyboardInterrupt:
+        shutdown()
+        thread.join(30)
+    finally:
+        engine.scheduler.hosted = False
 
 
 def main(argv: list[str] | None = None) -> int:

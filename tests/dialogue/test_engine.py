@@ -90,6 +90,37 @@ def test_listening_equals_listener(bundle):
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+def test_lead_fed_while_idle_changes_nothing(bundle):
+    """The next turn's lead (user prefix, prompt) goes into the context while nobody speaks; the turn that follows
+    equals the Listener's, and an answer to no speech still follows an empty user turn."""
+    from freeze_omni.llm.model import Listener
+
+    engine = make_engine(bundle, state=UserState.LISTEN)
+    s, _ = open_session(engine, vad=False)
+    engine.process([s])  # nothing heard yet: the lead goes in
+    assert s.phase == Phase.IDLE and s.ctx.turn_length > 0 and s.ctx.state.length == s.ctx.expected_length()
+    wave = (0.1 * np.random.default_rng(0).standard_normal(SR)).astype(np.float32)
+    s.push_audio(wave)
+    drive(engine, s)
+    listener = Listener(engine.model, engine.system_prompt)
+    ls = listener.new_session()
+    listener.accept(ls, wave)
+    assert s.ctx.state.length == ls.llm.length
+    probe = engine.llm.embed(torch.tensor([[65]]))
+    with torch.inference_mode():
+        a = engine.llm.forward_embeds(probe, s.ctx.state.clone(), logits_for="none")[0]
+        b = engine.llm.forward_embeds(probe, ls.llm.clone(), logits_for="none")[0]
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+    other, rec = open_session(make_engine(bundle, state=UserState.LISTEN, max_new_tokens=5), vad=False)
+    other.engine.process([other])
+    assert other.ctx.turn_length > 0
+    other.respond()
+    drive(other.engine, other)
+    assert rec.of(ev.ResponseDone) and other.ctx.exchanges[0].user == []
+    assert other.ctx.state.length == other.ctx.expected_length()
+
+
 def test_spoken_question_gets_a_spoken_answer(bundle):
     engine = make_engine(bundle, preroll_chunks=3)
     s, rec = open_session(engine)

@@ -49,3 +49,22 @@ def test_a_session_due_soon_joins_the_round():
 def test_without_coalescing_it_waits_for_its_timer():
     rounds = _run(coalesce_s=0.0)
     assert rounds[:3] == [["paced"], ["talker"], ["paced"]]
+
+
+def test_hosted_worker_runs_on_the_calling_thread_across_restarts():
+    """With ``hosted``, start() spawns one thread fewer and run() is that worker, here on the test's thread,
+    serving two start/stop cycles (bench concurrency restarts the server per batching mode)."""
+    seen = []
+    sched = Scheduler(lambda batch: seen.append(threading.current_thread()) or {s: (False, None) for s in batch},
+                      lambda s: None, workers=1)
+    sched.hosted = True
+    for cycle in range(2):
+        sched.start()
+        assert sched._threads == []
+        item = Item(f"s{cycle}")
+        sched.notify(item)
+        stop_at = time.monotonic() + 0.3
+        sched.run(until=lambda: bool(len(seen) > cycle) or time.monotonic() > stop_at)
+        sched.stop()
+    assert seen == [threading.main_thread()] * 2
+    sched.run(until=lambda: True)  # returns at once, stopped or not
