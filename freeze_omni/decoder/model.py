@@ -299,11 +299,11 @@ class SpeechDecoder(nn.Module):
             return torch.cat([self.shared(self.embedding(torch.tensor([[t]], device=dev)),
                                           torch.tensor([[p]], device=dev), None, c, 0)[:, -1]
                               for t, p, c in zip(tokens, positions, caches)])
-        x = self.embedding(torch.tensor(tokens, device=dev)[:, None])  # [B, 1, d]
-        pos = torch.tensor(positions, device=dev)[:, None]
+        x = self.embedding(torch.tensor(tokens, device=dev)[None])  # [1, B, d]: the rows packed
+        pos = torch.tensor(positions, device=dev)[None]
         h = self._run(self.layers, self.rotary_emb, x, pos, [None] * len(self.layers),
                       freeze_omni_ragged=Ragged(caches, [1] * len(caches)))
-        return self.out_fnn(self.norm(h))[:, -1]
+        return self.out_fnn(self.norm(h))[0]
 
     def encode_text(self, text_embeds: torch.Tensor, text_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The semantic part: ``[BOS] + pre-net(map(text))``.

@@ -208,6 +208,19 @@ class AnswerStream:
             events += self._finish()
         return events
 
+    def can_sample(self) -> bool:
+        """The next token can be sampled without an LLM pass (its input is already fed): a server does that in
+        every round, besides the round's speech unit, so the text keeps ahead of the speech."""
+        return (not self._finished and not self._text_done and isinstance(self.source, TokenGenerator)
+                and not self.source.has_pending)
+
+    def text_step(self) -> list[Event]:
+        """A text unit, whatever :meth:`step` would choose (see :meth:`can_sample`)."""
+        events = self._text_unit()
+        if self._text_done and self.current is None and not self.pending:
+            events += self._finish()
+        return events
+
     def step(self) -> list[Event]:
         """Do one unit of work (module docstring); returns its events ([] once :attr:`done`)."""
         if self._finished:

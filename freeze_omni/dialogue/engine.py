@@ -44,8 +44,7 @@ from freeze_omni.llm.bridge import UserState
 log = logging.getLogger(__name__)
 
 LEAD = object()  # marks an idle session's lead row in a round's LLM pass
-SHORT_INPUT = 4  # rows with at most this many inputs share a round's LLM pass; longer ones (a turn's first chunk
-# with its pre-roll and lead) get a second pass, so they do not pad every other row to their length
+URGENT_AHEAD_S = 1.2  # in a round that hears someone, answers less than this far ahead still get a speech unit
 
 
 @dataclass
@@ -205,13 +204,17 @@ class DialogueEngine:
                     rows.append((s, *item))
             listening = {s for s, _, _ in rows}
             others = [s for s in batch if s not in listening]
-            leads = [(s, x) for s in others if (x := self._guard(s, self._lead_inputs, s)) is not None]
+            # a round that hears someone stays short (their next chunk waits for it): optional work waits
+            leads = [] if rows else [(s, x) for s in others if (x := self._guard(s, self._lead_inputs, s)) is not None]
             self._llm_round(self._listen(rows) if rows else [], [s for s in others if self._guard(s, self._feeds, s)],
                             leads)
-            tokens = self._speech_round([s for s in others if self._guard(s, self._wants_speech, s)])
+            speech = [s for s in others if self._guard(s, self._wants_speech, s)]
+            now = [s for s in speech if not rows or self._urgent(s)]
+            tokens = self._speech_round(now)
+            later = set(speech) - set(now)
             out = {}
             for s in batch:
-                wake = self._guard(s, self._answer_step, s, tokens.get(s))
+                wake = None if s in later else self._guard(s, self._answer_step, s, tokens.get(s))
                 out[s] = (not s.closed and (s.has_work() or self._answer_ready(s)), wake)
         return out
 
@@ -252,10 +255,8 @@ class DialogueEngine:
         rows = ([(s, x, pkt) for s, pkt, x in chunks] + [(s, s.gen.pending_input(), None) for s in answering]
                 + [(s, x, LEAD) for s, x in leads])
         rows = [r for r in rows if r[1] is not None]
-        short = [r for r in rows if r[1].shape[0] <= SHORT_INPUT]
-        for group in (short, [r for r in rows if r[1].shape[0] > SHORT_INPUT]):
-            if group:
-                self._ragged(group)
+        if rows:
+            self._ragged(rows)
 
     def _ragged(self, rows: list[tuple[Session, torch.Tensor, Optional[Packet]]]) -> None:
         t0 = time.perf_counter()
@@ -431,6 +432,11 @@ class DialogueEngine:
     def _wants_speech(self, s: Session) -> bool:
         return self.speaker.ready(s) and s.answer.wants_speech_tokens()
 
+    def _urgent(self, s: Session) -> bool:
+        """Its answer audio is less than :data:`URGENT_AHEAD_S` ahead of playback (or not started)."""
+        ahead = self.speaker.audio_ahead(s)
+        return ahead is None or ahead < URGENT_AHEAD_S
+
     def _answer_step(self, s: Session, tokens: Optional[list[int]] = None) -> Optional[float]:
         """One unit of the answer (unless paced; a speech unit of ``tokens`` sampled in this round's decoder pass,
         if given); returns the ``time.monotonic()`` to come back at when the answer is (now) paced."""
@@ -438,6 +444,8 @@ class DialogueEngine:
             return None
         if (tokens is not None or self.speaker.paced(s) is None) and self.speaker.step(s, tokens):
             self._signal(s, Signal.ANSWER_DONE)
+        elif s.answer is not None and not s.paused and s.answer.can_sample() and self.speaker.step(s, text=True):
+            self._signal(s, Signal.ANSWER_DONE)  # the token fed in this round's pass is sampled in any case
         self._show_state(s)
         wait = self.speaker.paced(s) if s.answer is not None else None
         return None if wait is None else time.monotonic() + wait

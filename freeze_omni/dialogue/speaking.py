@@ -52,14 +52,20 @@ class Speaker:
         s.paused, s.audio_out, s.first_audio_t = False, 0, None
         s.emit(ev.ResponseStarted(s.response_id))
 
+    def audio_ahead(self, s: Session) -> Optional[float]:
+        """Seconds of answer audio sent beyond what the client has played (None before the first audio)."""
+        rate = self.engine.sample_rate
+        if s.first_audio_t is None or not rate:
+            return None
+        return s.audio_out / rate - (time.monotonic() - s.first_audio_t)
+
     def lead_wait(self, s: Session) -> Optional[float]:
         """Seconds to wait before the next step so the audio stays ``answer_lead_seconds`` ahead of playback
         (None: step now; a wait within the scheduler's ``coalesce_s`` counts as none, so a session that a round
         takes early does step)."""
-        lead, rate = self.engine.cfg.answer_lead_seconds, self.engine.sample_rate
-        if lead is None or s.first_audio_t is None or not rate:
+        lead, ahead = self.engine.cfg.answer_lead_seconds, self.audio_ahead(s)
+        if lead is None or ahead is None:
             return None
-        ahead = s.audio_out / rate - (time.monotonic() - s.first_audio_t)
         return ahead - lead if ahead > lead + self.engine.scheduler.coalesce_s else None
 
     def paced(self, s: Session) -> Optional[float]:
@@ -71,12 +77,15 @@ class Speaker:
         """The answer can take a step right now (it exists, is not paused by a barge-in, is not paced)."""
         return s.answer is not None and not (s.paused and not s.gen.done) and self.paced(s) is None
 
-    def step(self, s: Session, tokens: Optional[list[int]] = None) -> bool:
-        """One unit of the answer (a speech unit of codec ``tokens`` sampled by the caller, if given), its events
-        emitted; True when the answer is complete."""
+    def step(self, s: Session, tokens: Optional[list[int]] = None, text: bool = False) -> bool:
+        """One unit of the answer (a speech unit of codec ``tokens`` sampled by the caller, if given; a text unit
+        with ``text``), its events emitted; True when the answer is complete."""
         m = self.engine.metrics
         t0 = time.perf_counter()
-        events = s.answer.step() if tokens is None else s.answer.speech_tokens(tokens)
+        if text:
+            events = s.answer.text_step()
+        else:
+            events = s.answer.step() if tokens is None else s.answer.speech_tokens(tokens)
         m.counter("answer_compute_seconds_total", time.perf_counter() - t0)
         finished = False
         for e in events:

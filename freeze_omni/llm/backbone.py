@@ -320,11 +320,12 @@ class FrozenLLM(nn.Module):
         """Continue several independent one-row states in one forward pass (the sessions of a server).
 
         Row ``b`` feeds ``embeds[b]`` (``[T_b, H]``) on top of ``states[b]``; cache lengths and ``T_b`` may all
-        differ. The inputs go through the LM as one ``[B, max T_b, H]`` batch (each row's inputs at the end of the
-        block, its own positions), so every weight matrix is read once for all rows; only attention runs per row,
-        each row's queries against its own cache (:func:`freeze_omni.ragged.ragged_attention`), which grows by its own inputs. No
-        cache is copied or padded. The result equals feeding each row alone up to float rounding (tested). A small
-        LM's step costs about the same for 1 row as for 8, so this is how one model serves many users.
+        differ. The inputs go through the LM packed into one sequence ``[1, sum T_b, H]`` (each at its own row's
+        positions), so every weight matrix is read once for all rows; only attention runs per row, each row's
+        queries against its own cache (:func:`freeze_omni.ragged.ragged_attention`), which grows by its own inputs.
+        Nothing is padded, no cache is copied. The result equals feeding each row alone up to float rounding
+        (tested). A small LM's step costs about the same for 1 row as for 8, so this is how one model serves many
+        users.
 
         Returns the final hidden states ``[T_b, H]`` of each row. A single row, a model whose attention is not of
         the plain Llama/Qwen2 kind, or states that cannot take part (padded multi-row states, caches with
@@ -334,23 +335,16 @@ class FrozenLLM(nn.Module):
             raise ValueError(f"{len(embeds)} inputs for {len(states)} states")
         if len(states) == 1 or not self._ragged_ok() or not all(self._stackable(s) for s in states):
             return [self.forward_embeds(e[None], s, logits_for="none")[0][0] for e, s in zip(embeds, states)]
-        B, T = len(states), max(int(e.shape[0]) for e in embeds)
         dev = self.device
-        x = torch.zeros(B, T, self.hidden_size, dtype=self.dtype, device=dev)
-        pos = torch.zeros(B, T, dtype=torch.long, device=dev)
-        lengths = []
-        for b, (e, s) in enumerate(zip(embeds, states)):
-            t = int(e.shape[0])
-            x[b, T - t:] = e.to(device=dev, dtype=self.dtype)
-            pos[b] = s.length  # padding inputs: any position (their outputs are dropped, nobody attends to them)
-            pos[b, T - t:] = torch.arange(s.length, s.length + t, device=dev)
-            lengths.append(t)
+        lengths = [int(e.shape[0]) for e in embeds]
+        x = torch.cat([e.to(device=dev, dtype=self.dtype) for e in embeds])[None]  # [1, sum T_b, H]
+        pos = torch.cat([torch.arange(s.length, s.length + t, device=dev) for s, t in zip(states, lengths)])[None]
         out = self._lm.get_decoder()(inputs_embeds=x, position_ids=pos, use_cache=False,
                                      freeze_omni_ragged=Ragged([s.cache for s in states], lengths))
-        hidden = out.last_hidden_state
+        hidden = out.last_hidden_state[0].split(lengths)
         for s, t in zip(states, lengths):
             s.length += t
-        return [hidden[b, T - t:] for b, t in enumerate(lengths)]
+        return list(hidden)
 
     def _ragged_ok(self) -> bool:
         """Whether this LM can take ragged passes (it is switched to the ragged-capable attention on first use)."""
