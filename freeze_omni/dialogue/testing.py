@@ -15,9 +15,11 @@ import torch
 CODEC_RATE = 24000  # not the 16 kHz of the input side, so that tests see which rate a wav was written at
 
 
-def save_tiny_bundle(root: str | os.PathLike, speech: bool = True, seed: int = 0) -> Path:
+def save_tiny_bundle(root: str | os.PathLike, speech: bool = True, seed: int = 0, state: int | None = None) -> Path:
     """Write ``root/llm`` (a tiny Qwen2 + byte tokenizer) and ``root/bundle`` (random encoder, bridge and, with
     ``speech``, a random speech decoder with prefix decoder and a tiny 24 kHz codec); returns the bundle folder.
+    ``state``: the state head says this on every chunk (:func:`freeze_omni.server.testing.force_state`), e.g. for
+    a server in another process.
 
     The decoder's EOS logit is pushed down so that every segment speaks up to its length limit (random decoders
     otherwise stop at random), which keeps the audio of the tests non-empty.
@@ -38,7 +40,12 @@ def save_tiny_bundle(root: str | os.PathLike, speech: bool = True, seed: int = 0
     enc = SpeechEncoder(EncoderConfig(d_model=32, n_heads=2, d_ff=64, n_layers=1, chunk_size=8, left_chunks=4,
                                       dropout=0.0))
     bundle = root / "bundle"
-    save_speech_llm(SpeechLLM(enc, llm, BridgeConfig(prompt_num=3)), bundle, str(root / "llm"), "Be brief.")
+    model = SpeechLLM(enc, llm, BridgeConfig(prompt_num=3))
+    if state is not None:
+        from freeze_omni.server.testing import force_state
+
+        force_state(model, state)
+    save_speech_llm(model, bundle, str(root / "llm"), "Be brief.")
     if speech:
         save_tiny_speech(bundle, llm.hidden_size, seed)
     return bundle

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import threading
 from typing import Any, Callable
@@ -82,9 +83,12 @@ def _serve(args: argparse.Namespace) -> int:
 def host_engine(engine: Any, serve: Callable[[], Any], shutdown: Callable[[], None]) -> None:
     """Run ``serve()`` (which starts and stops ``engine``, e.g. uvicorn with the app's lifespan) in a thread while
     this (main) thread is one of the engine's workers: torch's multi-threaded ops run at full speed only on the
-    main thread (measured: README, serving). Ctrl-C calls ``shutdown()`` and waits for ``serve`` to return."""
+    main thread (measured: README, serving). Ctrl-C and SIGTERM call ``shutdown()``; returns when ``serve`` does."""
     engine.scheduler.hosted = True
     thread = threading.Thread(target=serve, name="freeze-omni-io", daemon=True)
+    previous = None
+    if threading.current_thread() is threading.main_thread():  # SIGTERM (a service manager): a clean shutdown
+        previous = signal.signal(signal.SIGTERM, lambda *_: shutdown())
     thread.start()
     try:
         engine.scheduler.run(until=lambda: not thread.is_alive())
@@ -93,6 +97,8 @@ def host_engine(engine: Any, serve: Callable[[], Any], shutdown: Callable[[], No
         thread.join(30)
     finally:
         engine.scheduler.hosted = False
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:

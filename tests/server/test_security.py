@@ -9,11 +9,12 @@ import time
 import urllib.error
 import urllib.request
 
+import numpy as np
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from freeze_omni.server.testing import tiny_engine
+from freeze_omni.server.testing import pcm16, speech_like, tiny_engine
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,11 @@ def test_idle_and_session_timeouts(strict):
         assert _closing_error(ws, keepalive=True) == ("session_timeout", 1000)
 
 
-def test_serve_command(bundle):
+def test_serve_command(tmp_path):
+    from freeze_omni.dialogue.testing import save_tiny_bundle
+    from freeze_omni.llm.bridge import UserState
+
+    bundle = save_tiny_bundle(tmp_path, state=UserState.RESPOND)  # answers whatever it hears
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -110,7 +115,21 @@ def test_serve_command(bundle):
             assert created["type"] == "session.created" and created["output_audio"]["sample_rate"] == 24000
             with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=5) as other:
                 assert json.loads(other.recv(timeout=5))["code"] == "busy"
+            # a question in, an answer with audio out: the main-thread worker (and a second one) serve it
+            ws.send(pcm16(np.concatenate([np.zeros(4000, np.float32), speech_like(1.0, seed=3)])))
+            ws.send(json.dumps({"type": "input.flush"}))
+            audio, done = 0, None
+            while done is None:
+                msg = ws.recv(timeout=30)
+                if isinstance(msg, bytes):
+                    audio += len(msg)
+                elif json.loads(msg)["type"] == "response.done":
+                    done = json.loads(msg)
+            assert done["status"] == "completed" and audio > 0
+        proc.terminate()  # SIGTERM: a clean shutdown, exit status 0
+        assert proc.wait(30) == 0
     finally:
-        proc.terminate()
+        if proc.poll() is None:
+            proc.kill()
         proc.wait(20)
         proc.stdout.close()
