@@ -202,7 +202,8 @@ class AnswerStream:
         return self.gen, self.current.state
 
     def speech_tokens(self, new: list[int]) -> list[Event]:
-        """A speech unit whose codec tokens (at most ``speech_tokens_per_step``) the caller sampled."""
+        """A speech unit whose codec tokens the caller sampled (``speech_tokens_per_step``, or more for an answer
+        whose audio is about to run out)."""
         events = self._speech_out(new)
         if self._text_done and self.current is None and not self.pending:
             events += self._finish()

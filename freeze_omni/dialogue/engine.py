@@ -44,6 +44,7 @@ from freeze_omni.llm.bridge import UserState
 log = logging.getLogger(__name__)
 
 LEAD = object()  # marks an idle session's lead row in a round's LLM pass
+STARVING_AHEAD_S, STARVING_UNITS = 0.5, 3
 URGENT_AHEAD_S = 1.2  # in a round that hears someone, answers less than this far ahead still get a speech unit
 
 
@@ -227,16 +228,16 @@ class DialogueEngine:
 
         t0 = time.perf_counter()
         new: dict[Session, list[int]] = {s: [] for s in sessions}
+        per = sessions[0].answer.per_step
+        budget = {s: per * (STARVING_UNITS if self._starving(s) else 1) for s in sessions}
         active = list(sessions)
         try:
-            for _ in range(sessions[0].answer.per_step):
+            while active:
                 toks = step_many([s.answer.speech_row for s in active])
                 for s, tok in zip(active, toks):
                     if tok is not None:
                         new[s].append(tok)
-                active = [s for s, tok in zip(active, toks) if tok is not None]
-                if not active:
-                    break
+                active = [s for s, tok in zip(active, toks) if tok is not None and len(new[s]) < budget[s]]
         except Exception as e:  # the decodes are half-stepped: these sessions start over (each gets the error)
             log.exception("a batched decoder pass failed")
             for s in sessions:
@@ -431,6 +432,12 @@ class DialogueEngine:
 
     def _wants_speech(self, s: Session) -> bool:
         return self.speaker.ready(s) and s.answer.wants_speech_tokens()
+
+    def _starving(self, s: Session) -> bool:
+        """Its audio is about to run out (less than :data:`STARVING_AHEAD_S` ahead of playback): this round gives
+        it :data:`STARVING_UNITS` speech units at once (a new segment's first codec window needs 30 tokens)."""
+        ahead = self.speaker.audio_ahead(s)
+        return ahead is not None and ahead < STARVING_AHEAD_S
 
     def _urgent(self, s: Session) -> bool:
         """Its answer audio is less than :data:`URGENT_AHEAD_S` ahead of playback (or not started)."""
