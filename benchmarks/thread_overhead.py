@@ -6,7 +6,7 @@
 Times the same ops (an element-wise add of 512x512, a [2, 576] x [576, 1536] linear, a 512x512 matmul, and with
 ``--model`` the frozen LLM fed one 160 ms chunk, 2 positions) on the main thread and in a ``threading.Thread``,
 with ``--threads`` intra-op threads. One JSON line: microseconds per op (ms for the LLM step), and the ratio
-thread / main. On the 2-core CI machine every multi-threaded op costs ~80 us more off the main thread, which
+thread / main. On the 2-core CI machine every multi-threaded op costs 70-120 us more off the main thread, which
 makes a whole LLM step ~2x slower; with one intra-op thread the two are equal.
 """
 

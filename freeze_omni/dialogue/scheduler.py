@@ -119,7 +119,7 @@ class Scheduler:
     def run(self, until: Callable[[], bool]) -> None:
         """Be a worker on the calling thread (set :attr:`hosted` first) until ``until()``, across any number of
         :meth:`start` / :meth:`stop` cycles. On the main thread this is the fast worker: measured, torch's
-        multi-threaded ops cost ~80 us more each in any other thread (README, serving)."""
+        multi-threaded ops cost 70-120 us more each in any other thread (README, serving)."""
         while not until():
             batch = self._take(timeout=0.2)
             if batch is not None:
