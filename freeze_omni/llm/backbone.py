@@ -327,7 +327,8 @@ class FrozenLLM(nn.Module):
         (tested). A small LM's step costs about the same for 1 row as for 8, so this is how one model serves many
         users.
 
-        Returns the final hidden states ``[T_b, H]`` of each row. A single row, a model whose attention is not of
+        Returns the final hidden states ``[T_b, H]`` of each row; on an error every state is left as it was. A
+        single row, a model whose attention is not of
         the plain Llama/Qwen2 kind, or states that cannot take part (padded multi-row states, caches with
         sliding or non-dynamic layers) are fed one by one.
         """
@@ -339,8 +340,14 @@ class FrozenLLM(nn.Module):
         lengths = [int(e.shape[0]) for e in embeds]
         x = torch.cat([e.to(device=dev, dtype=self.dtype) for e in embeds])[None]  # [1, sum T_b, H]
         pos = torch.cat([torch.arange(s.length, s.length + t, device=dev) for s, t in zip(states, lengths)])[None]
-        out = self._lm.get_decoder()(inputs_embeds=x, position_ids=pos, use_cache=False,
-                                     freeze_omni_ragged=Ragged([s.cache for s in states], lengths))
+        try:
+            out = self._lm.get_decoder()(inputs_embeds=x, position_ids=pos, use_cache=False,
+                                         freeze_omni_ragged=Ragged([s.cache for s in states], lengths))
+        except BaseException:  # some layers may have appended already: every state as it was, then raise
+            for s in states:
+                for layer in s.cache.layers:
+                    layer.crop(min(0, s.length - layer.keys.shape[2]))  # negative: positions to remove
+            raise
         hidden = out.last_hidden_state[0].split(lengths)
         for s, t in zip(states, lengths):
             s.length += t

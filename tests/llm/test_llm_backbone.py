@@ -279,3 +279,22 @@ def test_ragged_capable_attention_keeps_ordinary_passes_exact(llm):
     after = llm.forward_embeds(x, llm.new_state(), attention_mask=mask, logits_for="none")[0]
     torch.testing.assert_close(after[:, 2:], before[:, 2:], atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(after[1], before[1], atol=1e-6, rtol=1e-6)
+
+
+def test_forward_ragged_failure_leaves_every_state_as_it_was(llm, monkeypatch):
+    """A pass that fails halfway (after some layers appended keys) leaves each state exactly as before."""
+    g = torch.Generator().manual_seed(5)
+    states = [llm.forward_embeds(torch.randn(1, p, 32, generator=g), llm.new_state(), logits_for="none")[2]
+              for p in (3, 6)]
+    llm.forward_ragged([torch.randn(1, 32), torch.randn(1, 32)], states)  # switches the attention on
+    lengths = [[layer.keys.shape[2] for layer in s.cache.layers] for s in states]
+    last = llm.lm.get_decoder().layers[-1]
+
+    def boom(*a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(last, "forward", boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        llm.forward_ragged([torch.randn(2, 32), torch.randn(1, 32)], states)
+    assert [[layer.keys.shape[2] for layer in s.cache.layers] for s in states] == lengths
+    assert [s.length for s in states] == [4, 7]
