@@ -4,10 +4,14 @@ The engine owns the read-only pieces (encoder, adapter, bridge, frozen LLM, spee
 a :class:`~freeze_omni.dialogue.scheduler.Scheduler`. A worker round (:meth:`DialogueEngine.process`) takes a
 batch of sessions and, for each, (1) applies its queued commands and runs the VAD over new packets, (2) encodes
 its next 160 ms chunk — the encoder and adapter run once for the whole batch — (3) runs one LLM pass for the whole
-batch (:meth:`~freeze_omni.llm.backbone.FrozenLLM.forward_ragged`: each listening session's chunk and each
-answering session's next token, every session on its own cache) and reads the state head of the listening ones,
-and (4) advances each answer by one unit. Every decision goes
-through the pure :func:`~freeze_omni.dialogue.state.transition`; :meth:`_act` carries out the actions.
+batch (:meth:`~freeze_omni.llm.backbone.FrozenLLM.forward_ragged`: each listening session's chunk, each
+answering session's last token, and, in a round that hears nobody, an idle session's next user-turn lead; every
+session on its own cache) and reads the state head of the listening ones, (4) steps the speech decoder once per
+codec token for all the speaking sessions together
+(:func:`~freeze_omni.decoder.generator.step_many`), and (5) advances each answer (its speech unit, and the sampling
+of the token fed in (3)). A round that hears someone leaves optional work (leads, speech units of answers well
+ahead of playback) to a later round, so the next chunk does not wait for it. Every decision goes through the pure
+:func:`~freeze_omni.dialogue.state.transition`; :meth:`_act` carries out the actions.
 
 Barge-in: speech during an answer pauses the answer's text generation with the LLM cache covering exactly the
 tokens generated (:meth:`~freeze_omni.dialogue.speaking.PausableGenerator.settle`), then the speech is fed on
