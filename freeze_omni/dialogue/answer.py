@@ -181,7 +181,6 @@ class AnswerStream:
         return {k: round(1000.0 * self.marks[k], 1) for k in MARKS if k in self.marks}
 
     # ------------------------------------------------------------------------------------------ driving
-    @torch.no_grad()
     def wants_text(self) -> bool:
         """The next :meth:`step` is a text unit (it samples a token, feeding the generator's pending input)."""
         if self._finished or self._text_done:
@@ -204,10 +203,7 @@ class AnswerStream:
     def speech_tokens(self, new: list[int]) -> list[Event]:
         """A speech unit whose codec tokens the caller sampled (``speech_tokens_per_step``, or more for an answer
         whose audio is about to run out)."""
-        events = self._speech_out(new)
-        if self._text_done and self.current is None and not self.pending:
-            events += self._finish()
-        return events
+        return self._finishing(self._speech_out(new))
 
     def can_sample(self) -> bool:
         """The next token can be sampled without an LLM pass (its input is already fed): a server does that in
@@ -217,11 +213,9 @@ class AnswerStream:
 
     def text_step(self) -> list[Event]:
         """A text unit, whatever :meth:`step` would choose (see :meth:`can_sample`)."""
-        events = self._text_unit()
-        if self._text_done and self.current is None and not self.pending:
-            events += self._finish()
-        return events
+        return self._finishing(self._text_unit())
 
+    @torch.no_grad()
     def step(self) -> list[Event]:
         """Do one unit of work (module docstring); returns its events ([] once :attr:`done`)."""
         if self._finished:
@@ -233,6 +227,10 @@ class AnswerStream:
             events = self._speech_unit()
         else:
             events = []
+        return self._finishing(events)
+
+    def _finishing(self, events: list[Event]) -> list[Event]:
+        """``events``, plus the answer's end once its text is done and every segment spoken."""
         if self._text_done and self.current is None and not self.pending:
             events += self._finish()
         return events
