@@ -144,11 +144,9 @@ class SpeechGenerator:
     @torch.no_grad()
     def feed(self, state: DecoderState, token: int) -> torch.Tensor:
         """Append one token (SOS or a code) at the next position; returns and stores the next logits ``[V]``."""
-        x = self.decoder.embedding(torch.tensor([[token]], device=self.device))  # [1, 1, d]
-        pos = torch.tensor([[state.position]], device=self.device)
-        logits = self.decoder.shared(x, pos, None, state.cache, state.prefix_width)  # [1, 1, V]
+        logits = self.decoder.step_ragged([token], [state.position], [state.cache])  # [1, V]: one row
         state.position += 1
-        state.logits = logits[0, -1]
+        state.logits = logits[0]
         return state.logits
 
     @torch.no_grad()

@@ -32,7 +32,7 @@ from torch import nn
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
 
-from freeze_omni.ragged import Ragged, use_ragged_attention
+from freeze_omni.ragged import ragged_layers
 
 LLM_MAPS = ("split", "project")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -280,30 +280,26 @@ class SpeechDecoder(nn.Module):
 
     @staticmethod
     def _run(layers: nn.ModuleList, rotary: nn.Module, x: torch.Tensor, positions: torch.Tensor,
-             masks: list[torch.Tensor | None], cache: KVCache | None = None, **kwargs: Any) -> torch.Tensor:
+             masks: list[torch.Tensor | None], cache: KVCache | None = None) -> torch.Tensor:
         """``x [B, T, d]`` through ``layers`` at ``positions [B, T]``; ``masks[i]`` is layer ``i``'s additive mask
         ``[B, 1, T, K_i]`` (None: every key; only for ``T == 1``)."""
         pe = rotary(x, positions)
         for layer, mask in zip(layers, masks):
             x = layer(x, attention_mask=mask, position_ids=positions, cache=cache, use_cache=cache is not None,
-                      position_embeddings=pe, **kwargs)
+                      position_embeddings=pe)
         return x
 
+    @torch.no_grad()
     def step_ragged(self, tokens: list[int], positions: list[int], caches: list[KVCache]) -> torch.Tensor:
         """One AR step of several independent decodes (the sessions of a server) in one pass: row ``b`` feeds
         ``tokens[b]`` at RoPE position ``positions[b]`` on top of ``caches[b]`` (any lengths), attending over all of
-        its own cache as :meth:`shared` does for one token. Returns logits ``[B, V]``; equals one :meth:`shared`
-        call per row up to float rounding (tested). Falls back to those calls unless the layers run SDPA."""
+        its own cache as :meth:`shared` does for one token (:func:`freeze_omni.ragged.ragged_layers`). Returns
+        logits ``[B, V]``; equals one :meth:`shared` call per row up to float rounding (tested)."""
         dev = self.embedding.weight.device
-        if len(caches) == 1 or not use_ragged_attention(self.layers[0].self_attn.config):
-            return torch.cat([self.shared(self.embedding(torch.tensor([[t]], device=dev)),
-                                          torch.tensor([[p]], device=dev), None, c, 0)[:, -1]
-                              for t, p, c in zip(tokens, positions, caches)])
-        x = self.embedding(torch.tensor(tokens, device=dev)[None])  # [1, B, d]: the rows packed
-        pos = torch.tensor(positions, device=dev)[None]
-        h = self._run(self.layers, self.rotary_emb, x, pos, [None] * len(self.layers),
-                      freeze_omni_ragged=Ragged(caches, [1] * len(caches)))
-        return self.out_fnn(self.norm(h))[0]
+        x = self.embedding(torch.tensor(tokens, device=dev))  # [B, d]: the rows packed
+        cos, sin = self.rotary_emb(x[None], torch.tensor(positions, device=dev)[None])
+        h = ragged_layers(self.layers, x, (cos[0], sin[0]), caches, [1] * len(caches))
+        return self.out_fnn(self.norm(h))
 
     def encode_text(self, text_embeds: torch.Tensor, text_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The semantic part: ``[BOS] + pre-net(map(text))``.

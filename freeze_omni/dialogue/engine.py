@@ -123,8 +123,9 @@ class DialogueEngine:
 
     @classmethod
     def from_bundle(cls, path: str, cfg: Optional[EngineConfig] = None, vad: str = "silero",
-                    device: str = "cpu") -> "DialogueEngine":
-        """Load a bundle onto ``device``: listening side, and the speaking side when the bundle has one."""
+                    device: str = "cpu", int8: bool = False) -> "DialogueEngine":
+        """Load a bundle onto ``device``: listening side, and the speaking side when the bundle has one (``int8``:
+        the LLM steps with weight-only int8 copies, :meth:`~freeze_omni.llm.backbone.FrozenLLM.quantize_int8`)."""
         from freeze_omni.bundle import Bundle
         from freeze_omni.dialogue.speech import SpeechOutput, has_speech
         from freeze_omni.dialogue.vad import load_vad
@@ -136,6 +137,8 @@ class DialogueEngine:
         speech = SpeechOutput.from_bundle(bundle, model.llm) if has_speech(bundle) else None
         sampling = PipelineSettings.from_bundle(bundle).sampling_config()
         model.to(device)
+        if int8:
+            model.llm.quantize_int8()
         if speech is not None:
             speech.decoder.to(device)
             speech.codec.to(device)

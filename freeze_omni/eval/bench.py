@@ -68,6 +68,8 @@ def bench_latency(args: argparse.Namespace) -> dict:
     from freeze_omni.llm.model import Listener
 
     model, system = load_speech_llm(args.model)
+    if getattr(args, "int8", False):
+        model.llm.quantize_int8()
     listener = Listener(model, system)
     rng = np.random.default_rng(0)
     session = listener.new_session()

@@ -60,6 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--questions", type=int, default=20, help="latency: spoken questions answered (default: 20)")
     b.add_argument("--max-new-tokens", type=int, default=64, help="latency: answer length limit (default: 64)")
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--int8", action="store_true",
+                   help="latency, concurrency: the LLM's inference steps with weight-only int8 copies (serve --int8)")
     from freeze_omni.eval.concurrency import add_args as concurrency_args
 
     concurrency_args(b)

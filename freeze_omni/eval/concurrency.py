@@ -262,7 +262,8 @@ def bench_concurrency(args: argparse.Namespace) -> dict:
     from freeze_omni.server.cli import host_engine
 
     engine = DialogueEngine.from_bundle(args.model, EngineConfig(workers=args.workers),
-                                        vad=getattr(args, "vad", "silero"), device=getattr(args, "device", "cpu"))
+                                        vad=getattr(args, "vad", "silero"), device=getattr(args, "device", "cpu"),
+                                        int8=getattr(args, "int8", False))
     engine.warmup()
     modes = (True,) if args.batching_only else (False,) if args.no_batching else (True, False)
     out: dict = {}

@@ -25,7 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from freeze_omni.llm.builtin import BUILTIN_SMOLLM2, builtin_smollm2_dir
 from freeze_omni.llm.chat import ChatFraming
 from freeze_omni.llm.sampling import SamplingConfig, sample_next
-from freeze_omni.ragged import RAGGED_MODEL_TYPES, Ragged, use_ragged_attention
+from freeze_omni.ragged import linear, quantize_int8, ragged_capable, ragged_layers
 
 LogitsFor = Literal["all", "last", "none"]
 
@@ -82,6 +82,38 @@ class LLMState:
         return LLMState(cache=cache, length=self.length, mask=mask)
 
 
+class _AppendInPlace:
+    """The ``update(k, v, layer_idx)`` of a one-row ``DynamicCache`` for :func:`~freeze_omni.ragged.ragged_layers`,
+    appending into room reserved behind the cached positions instead of concatenating (which copies the whole
+    cache, every layer, every step: ~5 ms of a ~35 ms SmolLM2 step at 400 positions). Each layer's ``keys`` /
+    ``values`` stay views ``[1, kv_heads, length, head_dim]`` of a larger buffer, so cropping, cloning and
+    transformers' own ``update`` keep working; a layer whose tensors are not views of its buffer any more (cloned,
+    rebuilt) gets a new one."""
+
+    __slots__ = ("cache",)
+
+    def __init__(self, cache: DynamicCache) -> None:
+        self.cache = cache
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        layer = self.cache.layers[layer_idx]
+        if not layer.is_initialized:
+            layer.lazy_initialization(k, v)
+        keys, values = layer.keys, layer.values
+        n, t = (keys.shape[2] if keys.dim() == 4 else 0), k.shape[2]
+        room = getattr(layer, "_freeze_omni_room", None)
+        if (room is None or room[0].data_ptr() != keys.data_ptr() or room[0].shape[2] < n + t or n == 0
+                or (room[0].is_inference() and not torch.is_inference_mode_enabled())):  # not writable here
+            cap = max(256, -(-(n + t) * 3 // 2 // 64) * 64)  # 1.5x, multiple of 64
+            room = (k.new_empty(1, k.shape[1], cap, k.shape[3]), v.new_empty(1, v.shape[1], cap, v.shape[3]))
+            if n:
+                room[0][:, :, :n], room[1][:, :, :n] = keys, values
+            layer._freeze_omni_room = room
+        room[0][:, :, n:n + t], room[1][:, :, n:n + t] = k, v
+        layer.keys, layer.values = room[0][:, :, :n + t], room[1][:, :, :n + t]
+        return layer.keys, layer.values
+
+
 class FrozenLLM(nn.Module):
     """A frozen Hugging Face causal LM, its tokenizer and its chat framing.
 
@@ -110,6 +142,8 @@ class FrozenLLM(nn.Module):
         eos = getattr(tokenizer, "eos_token_id", None)
         self._stop_ids = {self._eot_id} | ({int(eos)} if isinstance(eos, int) else set())
         self._prefix_cache: dict[str, list[int]] = {}
+        self._lean_ok: bool | None = None  # whether the layers are of a kind ragged_layers reproduces
+        self._int8 = False  # quantize_int8() was called
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -282,6 +316,10 @@ class FrozenLLM(nn.Module):
             (``None`` when ``state`` was ``None``).
         """
         B, T, _ = embeds.shape
+        if (state is not None and B == 1 and attention_mask is None and self._lean(state)
+                and not (torch.is_grad_enabled() and embeds.requires_grad)):
+            hidden = self._forward_lean([embeds[0]], [state])[0][None]  # inference step of one session
+            return hidden, self._select_logits(hidden, logits_for), state
         past = 0 if state is None else state.length
         mask = attention_mask
         if mask is None and state is not None and state.mask is not None:
@@ -301,13 +339,7 @@ class FrozenLLM(nn.Module):
             use_cache=state is not None,
         )
         hidden = out.last_hidden_state  # [B, T, H]
-        logits = None
-        if logits_for == "all":
-            logits = self._logits(hidden)
-        elif logits_for == "last":
-            logits = self._logits(hidden[:, -1:])
-        elif logits_for != "none":
-            raise ValueError(f"logits_for must be 'all', 'last' or 'none', got {logits_for!r}")
+        logits = self._select_logits(hidden, logits_for)
         if state is not None:
             if state.cache is None:
                 state.cache = out.cache
@@ -320,57 +352,95 @@ class FrozenLLM(nn.Module):
         """Continue several independent one-row states in one forward pass (the sessions of a server).
 
         Row ``b`` feeds ``embeds[b]`` (``[T_b, H]``) on top of ``states[b]``; cache lengths and ``T_b`` may all
-        differ. The inputs go through the LM packed into one sequence ``[1, sum T_b, H]`` (each at its own row's
-        positions), so every weight matrix is read once for all rows; only attention runs per row, each row's
-        queries against its own cache (:func:`freeze_omni.ragged.ragged_attention`), which grows by its own inputs.
-        Nothing is padded, no cache is copied. The result equals feeding each row alone up to float rounding
-        (tested). A small LM's step costs about the same for 1 row as for 8, so this is how one model serves many
-        users.
+        differ. The inputs go through the LM packed into one sequence (each at its own row's positions), so every
+        weight matrix is read once for all rows; only attention runs per row, each row's queries against its own
+        cache, which grows by its own inputs (:func:`freeze_omni.ragged.ragged_layers`). Nothing is padded, no cache
+        is copied. The result equals feeding each row alone up to float rounding (tested). A small LM's step costs
+        about the same for 1 row as for 8, so this is how one model serves many users.
 
-        Returns the final hidden states ``[T_b, H]`` of each row; on an error every state is left as it was. A
-        single row, a model whose attention is not of
-        the plain Llama/Qwen2 kind, or states that cannot take part (padded multi-row states, caches with
-        sliding or non-dynamic layers) are fed one by one.
+        Returns the final hidden states ``[T_b, H]`` of each row; on an error every state is left as it was. A model
+        whose layers are not of the plain Llama/Qwen2/Qwen3/Mistral kind, or states that cannot take part (padded
+        multi-row states, caches with sliding or non-dynamic layers) are fed one by one.
         """
         if len(embeds) != len(states):
             raise ValueError(f"{len(embeds)} inputs for {len(states)} states")
-        if len(states) == 1 or not self._ragged_ok() or not all(self._stackable(s) for s in states):
+        if not all(self._lean(s) for s in states):
             return [self.forward_embeds(e[None], s, logits_for="none")[0][0] for e, s in zip(embeds, states)]
-        dev = self.device
+        return self._forward_lean(embeds, states)
+
+    def _forward_lean(self, embeds: list[torch.Tensor], states: list[LLMState]) -> list[torch.Tensor]:
+        """Rows through :func:`~freeze_omni.ragged.ragged_layers` and the final norm; every state as it was on
+        an error."""
+        dev, dec = self.device, self._lm.get_decoder()
         lengths = [int(e.shape[0]) for e in embeds]
-        x = torch.cat([e.to(device=dev, dtype=self.dtype) for e in embeds])[None]  # [1, sum T_b, H]
-        pos = torch.cat([torch.arange(s.length, s.length + t, device=dev) for s, t in zip(states, lengths)])[None]
+        x = torch.cat([e.to(device=dev, dtype=self.dtype) for e in embeds])  # [sum T_b, H]
+        pos = torch.cat([torch.arange(s.length, s.length + t, device=dev) for s, t in zip(states, lengths)])
+        cos, sin = dec.rotary_emb(x[None], pos[None])
         try:
-            out = self._lm.get_decoder()(inputs_embeds=x, position_ids=pos, use_cache=False,
-                                         freeze_omni_ragged=Ragged([s.cache for s in states], lengths))
+            x = ragged_layers(dec.layers, x, (cos[0], sin[0]), [_AppendInPlace(s.cache) for s in states], lengths)
         except BaseException:  # some layers may have appended already: every state as it was, then raise
             for s in states:
                 for layer in s.cache.layers:
-                    layer.crop(min(0, s.length - layer.keys.shape[2]))  # negative: positions to remove
+                    if getattr(layer, "keys", None) is not None:
+                        layer.crop(min(0, s.length - layer.keys.shape[2]))  # negative: positions to remove
             raise
-        hidden = out.last_hidden_state[0].split(lengths)
+        hidden = dec.norm(x).split(lengths)
         for s, t in zip(states, lengths):
             s.length += t
         return list(hidden)
 
-    def _ragged_ok(self) -> bool:
-        """Whether this LM can take ragged passes (it is switched to the ragged-capable attention on first use)."""
-        cfg = self._lm.config
-        if cfg.model_type not in RAGGED_MODEL_TYPES or getattr(cfg, "use_sliding_window", False):
-            return False  # attention of another kind (soft-capping, sliding windows, ...): not reproduced
-        return use_ragged_attention(cfg)
-
-    @staticmethod
-    def _stackable(state: LLMState) -> bool:
+    def _lean(self, state: LLMState) -> bool:
+        """Whether ``state`` can be stepped by :meth:`_forward_lean`: an LM of a kind it reproduces, one row,
+        unpadded, every cache layer a plain dynamic one holding exactly ``state.length`` positions."""
+        if self._lean_ok is None:
+            self._lean_ok = ragged_capable(self._lm.get_decoder().layers)
         layers = getattr(state.cache, "layers", None)
-        if state.mask is not None or not layers or state.length == 0:
+        if not self._lean_ok or state.mask is not None or not layers:
             return False
-        return all(type(layer).__name__ == "DynamicLayer" and getattr(layer, "keys", None) is not None
-                   and layer.keys.shape[0] == 1 and layer.keys.shape[2] == state.length for layer in layers)
+        for layer in layers:
+            keys = getattr(layer, "keys", None)
+            if type(layer).__name__ != "DynamicLayer":
+                return False
+            if keys is None:
+                if state.length:
+                    return False
+            elif keys.dim() != 4 or keys.shape[0] != 1 or keys.shape[2] != state.length:
+                return False
+        return True
+
+    def _select_logits(self, hidden: torch.Tensor, logits_for: LogitsFor) -> torch.Tensor | None:
+        if logits_for == "all":
+            return self._logits(hidden)
+        if logits_for == "last":
+            return self._logits(hidden[:, -1:])
+        if logits_for != "none":
+            raise ValueError(f"logits_for must be 'all', 'last' or 'none', got {logits_for!r}")
+        return None
+
+    def quantize_int8(self) -> "FrozenLLM":
+        """A serving option: weight-only int8 copies (one scale per output channel) of every projection and of the
+        output head, used by the inference steps of single sessions and ragged passes (the float weights stay for
+        training and padded batches). SmolLM2-135M on 2 cores: a listening step ~30% faster; the answers are those
+        of a slightly different LLM (greedy answers drift after some tokens), so the text modality must be asked
+        through the same quantized LLM to compare. Needs layers :meth:`_forward_lean` reproduces."""
+        if not ragged_capable(self._lm.get_decoder().layers):
+            raise ValueError(f"int8 steps need Llama/Qwen2/Qwen3/Mistral layers, not {self._lm.config.model_type}")
+        for layer in self._lm.get_decoder().layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            for module in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj,
+                           mlp.down_proj):
+                quantize_int8(module)
+        quantize_int8(self._lm.get_output_embeddings())
+        self._int8 = True
+        return self
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[B, T, H]`` -> ``[B, T, V]`` through the LM head (with final logit soft-capping where configured)."""
-        logits = self._lm.get_output_embeddings()(hidden)
+        head = self._lm.get_output_embeddings()
+        if self._int8 and not torch.is_grad_enabled():
+            logits = linear(hidden.reshape(-1, hidden.shape[-1]), head).view(*hidden.shape[:-1], -1)
+        else:
+            logits = head(hidden)
         cap = getattr(self._lm.config.get_text_config(), "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap

@@ -11,7 +11,8 @@ from typing import Literal
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast,
+                          Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 from freeze_omni.llm.backbone import FrozenLLM
 from freeze_omni.llm.chat import ChatFraming  # noqa: F401  (doctest)
@@ -39,21 +40,30 @@ def tiny_tokenizer(chat_template: str = CHATML_TEMPLATE) -> PreTrainedTokenizerF
                                    chat_template=chat_template)
 
 
-def tiny_causal_lm(arch: Literal["llama", "qwen2"] = "llama", vocab_size: int = 259, hidden_size: int = 32,
+ARCHITECTURES = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+                 "qwen3": (Qwen3Config, Qwen3ForCausalLM), "mistral": (MistralConfig, MistralForCausalLM)}
+Arch = Literal["llama", "qwen2", "qwen3", "mistral"]
+
+
+def tiny_causal_lm(arch: Arch = "llama", vocab_size: int = 259, hidden_size: int = 32,
                    num_layers: int = 2, seed: int = 0, attn_implementation: str = "sdpa") -> torch.nn.Module:
-    """A randomly initialised 2-layer Llama or Qwen2 causal LM (4 heads, 2 KV heads), fp32, eval mode."""
+    """A randomly initialised 2-layer causal LM of one of :data:`ARCHITECTURES` (4 heads, 2 KV heads), fp32,
+    eval mode."""
     kw = dict(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
               num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
               max_position_embeddings=1024, tie_word_embeddings=False, eos_token_id=258, pad_token_id=256,
               bos_token_id=None)
-    config = LlamaConfig(**kw) if arch == "llama" else Qwen2Config(**kw)
+    config_cls, model_cls = ARCHITECTURES[arch]
+    config = config_cls(**kw)
+    if arch == "mistral":
+        config.sliding_window = None  # full attention (a window of 4096 by default)
     config._attn_implementation = attn_implementation
     torch.manual_seed(seed)
-    model = (LlamaForCausalLM if arch == "llama" else Qwen2ForCausalLM)(config)
+    model = model_cls(config)
     return model.eval()
 
 
-def tiny_llm(arch: Literal["llama", "qwen2"] = "llama", hidden_size: int = 32, seed: int = 0) -> FrozenLLM:
+def tiny_llm(arch: Arch = "llama", hidden_size: int = 32, seed: int = 0) -> FrozenLLM:
     """A :class:`FrozenLLM` over :func:`tiny_causal_lm` and :func:`tiny_tokenizer` (ChatML framing)."""
     tokenizer = tiny_tokenizer()
     model = tiny_causal_lm(arch, vocab_size=len(tokenizer), hidden_size=hidden_size, seed=seed)

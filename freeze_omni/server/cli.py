@@ -41,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-message-bytes", type=int, default=65536, help="largest client message handled")
     p.add_argument("--device", default="cpu", help="torch device of the model (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: cores / workers)")
+    p.add_argument("--int8", action="store_true",
+                   help="step the LLM with weight-only int8 copies of its weights (CPU: faster, answers change "
+                        "slightly)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=_serve)
 
@@ -59,7 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // args.workers))
     cfg = EngineConfig(workers=args.workers, batching=not args.no_batching, max_batch=args.max_batch,
                        max_context=args.max_context)
-    engine = DialogueEngine.from_bundle(args.model, cfg, vad=args.vad, device=args.device)
+    engine = DialogueEngine.from_bundle(args.model, cfg, vad=args.vad, device=args.device, int8=args.int8)
     engine.warmup()
     origins = [o.strip() for o in args.allowed_origins.split(",") if o.strip()] if args.allowed_origins else None
     settings = ServerSettings(max_users=args.max_users, token=args.token or None, allowed_origins=origins,

@@ -235,28 +235,42 @@ def test_history_and_finished_flags(llm):
     assert all(len(a) == GREEDY.max_new_tokens and not finished for a, finished in res)  # random LM: no <|im_end|>
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "mistral"])
+def test_lean_steps_equal_the_transformers_forward(arch):
+    """One session stepped incrementally (the lean path of ragged_layers, not the transformers forward) gives the
+    hidden states and logits of transformers' own full pass."""
+    llm = tiny_llm(arch)
+    x = torch.randn(1, 11, 32, generator=torch.Generator().manual_seed(0))
+    ref = llm.lm(inputs_embeds=x, output_hidden_states=True, use_cache=False)
+    state, hs, ls, t = llm.new_state(), [], [], 0
+    for n in (3, 1, 5, 2):
+        assert llm._lean(state)
+        h, logits, state = llm.forward_embeds(x[:, t:t + n], state)
+        hs.append(h)
+        ls.append(logits)
+        t += n
+    torch.testing.assert_close(torch.cat(hs, 1), ref.hidden_states[-1], **TOL)
+    torch.testing.assert_close(torch.cat(ls, 1), ref.logits, **TOL)
+
+
 def test_forward_ragged_equals_feeding_each_row_alone(llm):
-    """Rows of different cache lengths and input lengths in one pass == each row fed on its own, and the states
-    continue identically afterwards (their caches hold the same keys and values)."""
+    """Rows of different cache lengths and input lengths in one pass == each row's whole sequence through the
+    transformers forward, and the states continue correctly afterwards (their caches hold the right keys and
+    values)."""
     g = torch.Generator().manual_seed(1)
     pasts, news = (5, 9, 1, 9), (2, 1, 4, 2)
-    ragged, alone = [], []
-    for p in pasts:
-        pre = torch.randn(1, p, 32, generator=g)
-        for group in (ragged, alone):
-            group.append(llm.forward_embeds(pre, llm.new_state(), logits_for="none")[2])
+    pres = [torch.randn(1, p, 32, generator=g) for p in pasts]
+    states = [llm.forward_embeds(pre, llm.new_state(), logits_for="none")[2] for pre in pres]
     xs = [torch.randn(t, 32, generator=g) for t in news]
-    got = llm.forward_ragged(xs, ragged)
-    for x, st, h in zip(xs, alone, got):
-        want, _, _ = llm.forward_embeds(x[None], st, logits_for="none")
-        assert h.shape == (x.shape[0], 32)
-        torch.testing.assert_close(h, want[0], atol=1e-5, rtol=1e-5)
-    assert [s.length for s in ragged] == [p + t for p, t in zip(pasts, news)]
-    assert llm.lm.config._attn_implementation == "freeze_omni_ragged"  # the one-pass path ran
+    got = llm.forward_ragged(xs, states)
     nxt = torch.randn(1, 3, 32, generator=g)
-    for a, b in zip(ragged, alone):  # the appended keys/values are right: the next step agrees too
-        torch.testing.assert_close(llm.forward_embeds(nxt, a, logits_for="none")[0],
-                                   llm.forward_embeds(nxt, b, logits_for="none")[0], atol=1e-5, rtol=1e-5)
+    for pre, x, st, h in zip(pres, xs, states, got):
+        whole = torch.cat([pre, x[None], nxt], 1)
+        want = llm.lm(inputs_embeds=whole, output_hidden_states=True, use_cache=False).hidden_states[-1][0]
+        assert h.shape == (x.shape[0], 32)
+        torch.testing.assert_close(h, want[pre.shape[1]:pre.shape[1] + x.shape[0]], **TOL)
+        torch.testing.assert_close(llm.forward_embeds(nxt, st, logits_for="none")[0][0], want[-3:], **TOL)
+    assert [s.length for s in states] == [p + t + 3 for p, t in zip(pasts, news)]
 
 
 def test_forward_ragged_falls_back_for_padded_states(llm):
@@ -265,20 +279,9 @@ def test_forward_ragged_falls_back_for_padded_states(llm):
     padded = llm.forward_embeds(torch.randn(2, 4, 32, generator=g), llm.new_state(),
                                 attention_mask=torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]]), logits_for="none")[2]
     plain = llm.forward_embeds(torch.randn(1, 3, 32, generator=g), llm.new_state(), logits_for="none")[2]
-    assert not FrozenLLM._stackable(padded) and FrozenLLM._stackable(plain)
+    assert not llm._lean(padded) and llm._lean(plain)
     with pytest.raises(ValueError, match="inputs for"):
         llm.forward_ragged([torch.randn(1, 32)], [plain, plain])
-
-
-def test_ragged_capable_attention_keeps_ordinary_passes_exact(llm):
-    """Once switched for ragged passes, the LM's ordinary passes (left-padded batches included) are unchanged."""
-    x = torch.randn(2, 6, 32, generator=torch.Generator().manual_seed(3))
-    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
-    before = llm.forward_embeds(x, llm.new_state(), attention_mask=mask, logits_for="none")[0]
-    assert llm._ragged_ok() and llm.lm.config._attn_implementation == "freeze_omni_ragged"
-    after = llm.forward_embeds(x, llm.new_state(), attention_mask=mask, logits_for="none")[0]
-    torch.testing.assert_close(after[:, 2:], before[:, 2:], atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(after[1], before[1], atol=1e-6, rtol=1e-6)
 
 
 def test_forward_ragged_failure_leaves_every_state_as_it_was(llm, monkeypatch):
@@ -286,15 +289,47 @@ def test_forward_ragged_failure_leaves_every_state_as_it_was(llm, monkeypatch):
     g = torch.Generator().manual_seed(5)
     states = [llm.forward_embeds(torch.randn(1, p, 32, generator=g), llm.new_state(), logits_for="none")[2]
               for p in (3, 6)]
-    llm.forward_ragged([torch.randn(1, 32), torch.randn(1, 32)], states)  # switches the attention on
+    llm.forward_ragged([torch.randn(1, 32), torch.randn(1, 32)], states)
     lengths = [[layer.keys.shape[2] for layer in s.cache.layers] for s in states]
     last = llm.lm.get_decoder().layers[-1]
 
     def boom(*a, **k):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(last, "forward", boom)
+    monkeypatch.setattr(last.mlp.act_fn, "forward", boom)
     with pytest.raises(RuntimeError, match="boom"):
         llm.forward_ragged([torch.randn(2, 32), torch.randn(1, 32)], states)
     assert [[layer.keys.shape[2] for layer in s.cache.layers] for s in states] == lengths
     assert [s.length for s in states] == [4, 7]
+
+
+def test_lean_states_crop_and_clone_independently(llm):
+    """States stepped in place (keys in reserved room) still crop, and a clone continues on its own: each equals
+    transformers' full pass over its own sequence."""
+    g = torch.Generator().manual_seed(7)
+    pre, a_in, b_in, c_in = (torch.randn(1, n, 32, generator=g) for n in (6, 3, 2, 4))
+    a = llm.forward_embeds(pre, llm.new_state(), logits_for="none")[2]
+    b = a.clone()
+    llm.forward_embeds(a_in, a, logits_for="none")
+    a.crop(7)  # keep one of a's three inputs
+    ha = llm.forward_embeds(c_in, a, logits_for="none")[0]
+    hb = llm.forward_embeds(b_in, b, logits_for="none")[0]
+    for seq, h in ((torch.cat([pre, a_in[:, :1], c_in], 1), ha), (torch.cat([pre, b_in], 1), hb)):
+        want = llm.lm(inputs_embeds=seq, output_hidden_states=True, use_cache=False).hidden_states[-1]
+        torch.testing.assert_close(h, want[:, -h.shape[1]:], **TOL)
+
+
+def test_int8_steps_stay_close_and_leave_the_weights_alone(llm):
+    """quantize_int8: the inference steps use int8 copies (close to float, not equal), the float weights and their
+    fingerprint are unchanged, and a training pass still runs on the float weights."""
+    x = torch.randn(1, 9, 32, generator=torch.Generator().manual_seed(8))
+    ref_h, ref_l, _ = llm.forward_embeds(x, llm.new_state())
+    fp = llm.fingerprint()
+    llm.quantize_int8()
+    assert llm.fingerprint() == fp
+    with torch.no_grad():
+        h, logits, _ = llm.forward_embeds(x, llm.new_state())
+    assert not torch.equal(h, ref_h)
+    assert (h - ref_h).norm() / ref_h.norm() < 0.05 and (logits - ref_l).norm() / ref_l.norm() < 0.05
+    grad_h, _, _ = llm.forward_embeds(x.clone().requires_grad_(True))  # stateless training pass: float weights
+    torch.testing.assert_close(grad_h, ref_h, **TOL)
