@@ -78,6 +78,7 @@ class Context:
                              f"keep_positions={self.keep_positions}")
         self.exchanges: list[Exchange] = []
         self.open: list[Piece] = []  # the open user turn
+        self.lead_left: list[Piece] = []  # the part of the open turn's lead not booked yet (see open_lead)
         self.turn_start = 0  # cache length where the open turn begins
         self.answer_start: Optional[int] = None  # cache length where the running answer begins
         self.evictions = 0
@@ -106,6 +107,28 @@ class Context:
         self.open.extend(pieces)
         return torch.cat([self.embed(p) for p in pieces])
 
+    def open_lead(self, lead: list[Piece], step: int) -> Optional[torch.Tensor]:
+        """Book the next part (at most ``step`` positions) of a user turn's ``lead`` into the open turn and return
+        its inputs, so a server feeds a lead over several short passes; None once it is all booked. (A turn that
+        starts meanwhile takes the rest with its first chunk: :meth:`rest_of_lead`.)"""
+        if not self.open and not self.lead_left:
+            parts: list[Piece] = []
+            for p in lead:
+                if p.ids is not None and p.length <= step:
+                    parts.append(p)
+                else:
+                    x = self.embed(p)
+                    parts += [Piece.of_embeds(x[i:i + step]) for i in range(0, p.length, step)]
+            self.lead_left = parts
+        if not self.lead_left:
+            return None
+        return self.open_inputs([self.lead_left.pop(0)])
+
+    def rest_of_lead(self) -> list[Piece]:
+        """The part of the lead :meth:`open_lead` has not booked yet (now the caller's to feed)."""
+        rest, self.lead_left = self.lead_left, []
+        return rest
+
     @property
     def turn_length(self) -> int:
         return sum(p.length for p in self.open)
@@ -115,12 +138,12 @@ class Context:
         """Forget the open user turn: the cache is as if it had never been fed."""
         if self.open:
             self.state.crop(self.turn_start)
-        self.open = []
+        self.open, self.lead_left = [], []
 
     def commit_turn(self) -> None:
         """The open user turn becomes a new exchange (its answer comes next)."""
         self.exchanges.append(Exchange(self._merged(self.open)))
-        self.open = []
+        self.open, self.lead_left = [], []
 
     def refeed_turn_after(self, length: int) -> None:
         """Crop the cache to ``length`` and feed the open turn again right there (after an answer was cut)."""

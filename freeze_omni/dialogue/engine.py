@@ -5,12 +5,13 @@ a :class:`~freeze_omni.dialogue.scheduler.Scheduler`. A worker round (:meth:`Dia
 batch of sessions and, for each, (1) applies its queued commands and runs the VAD over new packets, (2) encodes
 its next 160 ms chunk — the encoder and adapter run once for the whole batch — (3) runs one LLM pass for the whole
 batch (:meth:`~freeze_omni.llm.backbone.FrozenLLM.forward_ragged`: each listening session's chunk, each
-answering session's last token, and, in a round that hears nobody, an idle session's next user-turn lead; every
-session on its own cache) and reads the state head of the listening ones, (4) steps the speech decoder once per
-codec token for all the speaking sessions together
+answering session's last token, and, in a round that hears nobody, a part of one idle session's next user-turn
+lead; every session on its own cache) and reads the state head of the listening ones, (4) steps the speech decoder
+once per codec token for all the speaking sessions together
 (:func:`~freeze_omni.decoder.generator.step_many`), and (5) advances each answer (its speech unit, and the sampling
 of the token fed in (3)). A round that hears someone leaves optional work (leads, speech units of answers well
-ahead of playback) to a later round, so the next chunk does not wait for it. Every decision goes through the pure
+ahead of playback) to a later round, and extra speech units stop once a round is long (:data:`ROUND_BUDGET_S`), so
+the next chunk does not wait for them. Every decision goes through the pure
 :func:`~freeze_omni.dialogue.state.transition`; :meth:`_act` carries out the actions.
 
 Barge-in: speech during an answer pauses the answer's text generation with the LLM cache covering exactly the
@@ -50,6 +51,9 @@ log = logging.getLogger(__name__)
 LEAD = object()  # marks an idle session's lead row in a round's LLM pass
 STARVING_AHEAD_S, STARVING_UNITS = 0.5, 3
 URGENT_AHEAD_S = 1.2  # in a round that hears someone, answers less than this far ahead still get a speech unit
+LEAD_STEP = 8  # lead positions per session and round (a whole lead, ~30 positions, is a ~100 ms pass)
+ROUND_BUDGET_S = 0.05  # past this much of a round, extra speech units wait for the next one, unless the answer's
+CRITICAL_AHEAD_S = 0.3  # audio is less than this far ahead of playback
 
 
 @dataclass
@@ -204,6 +208,7 @@ class DialogueEngine:
         """One round for each session of ``batch`` (the scheduler's callback; see the module docstring).
         Returns, per session, whether it has more work now and when a paced answer wants to be woken."""
         rows: list[tuple[Session, Packet, np.ndarray]] = []
+        t0 = time.perf_counter()
         with torch.inference_mode():
             for s in batch:
                 self._guard(s, self._intake, s)
@@ -213,12 +218,12 @@ class DialogueEngine:
             listening = {s for s, _, _ in rows}
             others = [s for s in batch if s not in listening]
             # a round that hears someone stays short (their next chunk waits for it): optional work waits
-            leads = [] if rows else [(s, x) for s in others if (x := self._guard(s, self._lead_inputs, s)) is not None]
+            leads = [] if rows else self._lead_part(others)
             self._llm_round(self._listen(rows) if rows else [], [s for s in others if self._guard(s, self._feeds, s)],
                             leads)
             speech = [s for s in others if self._guard(s, self._wants_speech, s)]
             now = [s for s in speech if not rows or self._urgent(s)]
-            tokens = self._speech_round(now)
+            tokens = self._speech_round(now, t0)
             later = set(speech) - set(now)
             out = {}
             for s in batch:
@@ -226,9 +231,10 @@ class DialogueEngine:
                 out[s] = (not s.closed and (s.has_work() or self._answer_ready(s)), wake)
         return out
 
-    def _speech_round(self, sessions: list[Session]) -> dict[Session, list[int]]:
+    def _speech_round(self, sessions: list[Session], round_t0: float) -> dict[Session, list[int]]:
         """The codec tokens of one speech unit of each session, the decoder fed for all of them in one pass per
-        token (:func:`~freeze_omni.decoder.generator.step_many`)."""
+        token (:func:`~freeze_omni.decoder.generator.step_many`); a starving session's extra units only while the
+        round is shorter than :data:`ROUND_BUDGET_S` or its audio is about to stop (:data:`CRITICAL_AHEAD_S`)."""
         if not sessions:
             return {}
         from freeze_omni.decoder.generator import step_many
@@ -237,6 +243,7 @@ class DialogueEngine:
         new: dict[Session, list[int]] = {s: [] for s in sessions}
         per = sessions[0].answer.per_step
         budget = {s: per * (STARVING_UNITS if self._starving(s) else 1) for s in sessions}
+        critical = {s for s in sessions if (a := self.speaker.audio_ahead(s)) is not None and a < CRITICAL_AHEAD_S}
         active = list(sessions)
         try:
             while active:
@@ -245,6 +252,8 @@ class DialogueEngine:
                     if tok is not None:
                         new[s].append(tok)
                 active = [s for s, tok in zip(active, toks) if tok is not None and len(new[s]) < budget[s]]
+                if time.perf_counter() - round_t0 > ROUND_BUDGET_S:  # a long round delays every chunk
+                    active = [s for s in active if len(new[s]) < per or s in critical]  # that arrives meanwhile
         except Exception as e:  # the decodes are half-stepped: these sessions start over (each gets the error)
             log.exception("a batched decoder pass failed")
             for s in sessions:
@@ -422,15 +431,23 @@ class DialogueEngine:
     def _answer_ready(self, s: Session) -> bool:
         return self.speaker.ready(s)
 
+    def _lead_part(self, sessions: list[Session]) -> list[tuple[Session, torch.Tensor]]:
+        """One part of one idle session's lead for this round's pass (a round stays short)."""
+        for s in sessions:
+            x = self._guard(s, self._lead_inputs, s)
+            if x is not None:
+                return [(s, x)]
+        return []
+
     def _lead_inputs(self, s: Session) -> Optional[torch.Tensor]:
         """While nobody speaks, the next user turn's lead (user prefix, prompt embeddings) goes into the context
-        ahead of time, so a turn's first chunk costs a short pass, not one over the lead too (rolled back with
-        the turn; dropped again before an answer to no speech)."""
+        ahead of time, :data:`LEAD_STEP` positions per round, so a turn's first chunk costs a short pass, not one
+        over the lead too (rolled back with the turn; dropped again before an answer to no speech)."""
         ctx = s.ctx
-        if s.phase != Phase.IDLE or s.turn is not None or s.answer is not None or ctx is None or ctx.open \
+        if s.phase != Phase.IDLE or s.turn is not None or s.answer is not None or ctx is None \
                 or ctx.answer_start is not None:
             return None
-        return ctx.open_inputs(self.listener.lead())
+        return ctx.open_lead(self.listener.lead(), LEAD_STEP)
 
     def _feeds(self, s: Session) -> bool:
         """The answer's generator has an input to feed (its last token): it joins the round's LLM pass, whether

@@ -96,8 +96,8 @@ class ChunkListener:
         one. A turn's first chunk brings the lead (:meth:`lead`), unless the engine fed it while nobody spoke."""
         t = s.turn
         pieces = [Piece.of_embeds(emb)]
-        if t.chunks == 0 and not s.ctx.open:  # (an open turn already holds the lead fed while nobody spoke)
-            pieces = self.lead() + pieces
+        if t.chunks == 0:  # (an open turn already holds the lead, or part of it, fed while nobody spoke)
+            pieces = (s.ctx.rest_of_lead() if s.ctx.open else self.lead()) + pieces
         t.chunks += 1
         self.metrics.counter("listen_audio_seconds_total", self.packet / 16000)
         if pkt.preroll:

@@ -96,13 +96,21 @@ def _assert_heard_as_listener(engine, s, wave):
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_lead_fed_while_idle_changes_nothing(bundle):
-    """The next turn's lead (user prefix, prompt) goes into the context while nobody speaks; the turn that follows
-    equals the Listener's, and an answer to no speech still follows an empty user turn."""
+@pytest.mark.parametrize("idle_rounds", [1, 12])
+def test_lead_fed_while_idle_changes_nothing(bundle, monkeypatch, idle_rounds):
+    """The next turn's lead (user prefix, prompt) goes into the context while nobody speaks, a few positions per
+    round; the turn that follows (whether it starts with the lead half or wholly fed) equals the Listener's, and an
+    answer to no speech still follows an empty user turn."""
+    import freeze_omni.dialogue.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "LEAD_STEP", 2)
     engine = make_engine(bundle, state=UserState.LISTEN)
     s, _ = open_session(engine, vad=False)
-    engine.process([s])  # nothing heard yet: the lead goes in
-    assert s.phase == Phase.IDLE and s.ctx.turn_length > 0 and s.ctx.state.length == s.ctx.expected_length()
+    lead = sum(p.length for p in engine.listener.lead())
+    for i in range(idle_rounds):  # nothing heard yet: the lead goes in, 2 positions per round
+        engine.process([s])
+        assert s.ctx.turn_length == min(lead, 2 * (i + 1)) and bool(s.ctx.lead_left) == (lead > 2 * (i + 1))
+    assert s.phase == Phase.IDLE and s.ctx.state.length == s.ctx.expected_length()
     wave = (0.1 * np.random.default_rng(0).standard_normal(SR)).astype(np.float32)
     s.push_audio(wave)
     drive(engine, s)
