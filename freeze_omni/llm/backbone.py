@@ -104,7 +104,7 @@ class _AppendInPlace:
         room = getattr(layer, "_freeze_omni_room", None)
         if (room is None or room[0].data_ptr() != keys.data_ptr() or room[0].shape[2] < n + t or n == 0
                 or (room[0].is_inference() and not torch.is_inference_mode_enabled())):  # not writable here
-            cap = max(256, -(-(n + t) * 3 // 2 // 64) * 64)  # 1.5x, multiple of 64
+            cap = ((n + t) // 256 + 1) * 256  # whole blocks of 256 positions: freed rooms fit the next ones
             room = (k.new_empty(1, k.shape[1], cap, k.shape[3]), v.new_empty(1, v.shape[1], cap, v.shape[3]))
             if n:
                 room[0][:, :, :n], room[1][:, :, :n] = keys, values
