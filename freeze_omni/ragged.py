@@ -42,19 +42,9 @@ def ragged_capable(layers: Sequence[nn.Module]) -> bool:
 
 
 INT8 = "_freeze_omni_int8"
-"""Attribute of a ``Linear`` holding its weight-only int8 copy ``(weight int8 [out, in], scales bf16 [out])``."""
-
-
-def quantize_int8(linear: nn.Linear) -> None:
-    """Give ``linear`` a weight-only int8 copy (symmetric, one scale per output channel) that
-    :func:`ragged_layers` uses instead of its float weight (which stays, for every other path). On a CPU with
-    AVX-512 this reads 4x fewer bytes per step than float32 (SmolLM2-135M: ~3x faster matrix products at 2 rows,
-    2 threads); products are taken in bfloat16."""
-    w = linear.weight.detach().float()
-    scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
-    setattr(linear, INT8, ((w / scale[:, None]).round().clamp(-127, 127).to(torch.int8).contiguous(),
-                           scale.to(torch.bfloat16)))
-
+"""Attribute holding weight-only int8 copies: on a decoder layer, a dict of :func:`quantize_int8` copies
+(``qkv``, ``o``, ``gate_up``, ``down``: projections that share an input are stacked into one product); on a
+``Linear`` (an output head), its own copy."""
 
 INT8_MAX_ROWS = 16
 """Above this many rows a float32 product is faster than the int8 kernel (which reads fewer bytes but computes
@@ -62,14 +52,39 @@ slowly): 2 cores, SmolLM2 shapes, int8 78 / 109 / 279 / 514 us at 1 / 4 / 16 / 3
 489."""
 
 
-def linear(x: torch.Tensor, module: nn.Linear) -> torch.Tensor:
-    """``module(x)`` for ``x [N, in]``, through the int8 copy when :func:`quantize_int8` made one and ``N`` is
-    small (:data:`INT8_MAX_ROWS`)."""
-    q = getattr(module, INT8, None)
-    if q is None or x.shape[0] > INT8_MAX_ROWS:
-        return F.linear(x, module.weight, module.bias)
-    y = torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), q[0], q[1]).to(x.dtype)
-    return y if module.bias is None else y + module.bias
+def quantize_int8(*linears: nn.Linear) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[int]]:
+    """A weight-only int8 copy of ``linears`` (same input; their weights stacked into one matrix, so one product
+    computes them all): ``(weight int8 [sum out, in], scales bf16 [sum out], bias or None, out sizes)``, symmetric,
+    one scale per output channel. On a CPU with AVX-512 this reads 4x fewer bytes than float32 (SmolLM2-135M: ~3x
+    faster matrix products at 2 rows, 2 threads); products are taken in bfloat16. The float weights stay."""
+    w = torch.cat([m.weight.detach().float() for m in linears])
+    scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+    bias = None
+    if any(m.bias is not None for m in linears):
+        bias = torch.cat([m.bias.detach() if m.bias is not None else m.weight.new_zeros(m.out_features)
+                          for m in linears])
+    return ((w / scale[:, None]).round().clamp(-127, 127).to(torch.int8).contiguous(), scale.to(torch.bfloat16),
+            bias, [m.out_features for m in linears])
+
+
+def quantize_layer_int8(layer: nn.Module) -> None:
+    """Give a decoder layer accepted by :func:`ragged_capable` the int8 copies :func:`ragged_layers` then uses."""
+    attn, mlp = layer.self_attn, layer.mlp
+    setattr(layer, INT8, {"qkv": quantize_int8(attn.q_proj, attn.k_proj, attn.v_proj),
+                          "o": quantize_int8(attn.o_proj), "gate_up": quantize_int8(mlp.gate_proj, mlp.up_proj),
+                          "down": quantize_int8(mlp.down_proj)})
+
+
+def project(x: torch.Tensor, linears: Sequence[nn.Linear], q8: tuple | None = None) -> list[torch.Tensor]:
+    """Each of ``linears`` applied to ``x [N, in]``: one int8 product through their stacked copy ``q8`` when
+    there is one and ``N`` is small (:data:`INT8_MAX_ROWS`), else their float weights."""
+    if q8 is None or x.shape[0] > INT8_MAX_ROWS:
+        return [F.linear(x, m.weight, m.bias) for m in linears]
+    w8, scale, bias, sizes = q8
+    y = torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), w8, scale).to(x.dtype)
+    if bias is not None:
+        y = y + bias
+    return list(y.split(sizes, dim=-1)) if len(sizes) > 1 else [y]
 
 
 def _rms(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -113,9 +128,8 @@ def ragged_layers(layers: Sequence[nn.Module], x: torch.Tensor, position_embeddi
         attn, mlp = layer.self_attn, layer.mlp
         hd = attn.head_dim
         h = _rms(layer.input_layernorm, x)
-        q = linear(h, attn.q_proj).view(o, -1, hd)
-        k = linear(h, attn.k_proj).view(o, -1, hd)
-        v = linear(h, attn.v_proj).view(o, -1, hd)
+        q8 = getattr(layer, INT8, None) or {}
+        q, k, v = (y.reshape(o, -1, hd) for y in project(h, (attn.q_proj, attn.k_proj, attn.v_proj), q8.get("qkv")))
         if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm over each head before RoPE
             q, k = _rms(attn.q_norm, q), _rms(attn.k_norm, k)
         q, k = _rope(q, cos, sin), _rope(k, cos, sin)
@@ -136,7 +150,8 @@ def ragged_layers(layers: Sequence[nn.Module], x: torch.Tensor, position_embeddi
             a = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=attn.scaling)
             outs.append(a.view(kv_heads, groups, t, hd).permute(2, 0, 1, 3).reshape(t, heads * hd))
         a = outs[0] if len(outs) == 1 else torch.cat(outs)
-        x = x + linear(a, attn.o_proj)
+        x = x + project(a, (attn.o_proj,), q8.get("o"))[0]
         h = _rms(layer.post_attention_layernorm, x)
-        x = x + linear(mlp.act_fn(linear(h, mlp.gate_proj)) * linear(h, mlp.up_proj), mlp.down_proj)
+        gate, up = project(h, (mlp.gate_proj, mlp.up_proj), q8.get("gate_up"))
+        x = x + project(mlp.act_fn(gate) * up, (mlp.down_proj,), q8.get("down"))[0]
     return x

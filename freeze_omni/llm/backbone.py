@@ -25,7 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from freeze_omni.llm.builtin import BUILTIN_SMOLLM2, builtin_smollm2_dir
 from freeze_omni.llm.chat import ChatFraming
 from freeze_omni.llm.sampling import SamplingConfig, sample_next
-from freeze_omni.ragged import linear, quantize_int8, ragged_capable, ragged_layers
+from freeze_omni.ragged import INT8, project, quantize_int8, quantize_layer_int8, ragged_capable, ragged_layers
 
 LogitsFor = Literal["all", "last", "none"]
 
@@ -426,11 +426,9 @@ class FrozenLLM(nn.Module):
         if not ragged_capable(self._lm.get_decoder().layers):
             raise ValueError(f"int8 steps need Llama/Qwen2/Qwen3/Mistral layers, not {self._lm.config.model_type}")
         for layer in self._lm.get_decoder().layers:
-            attn, mlp = layer.self_attn, layer.mlp
-            for module in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj,
-                           mlp.down_proj):
-                quantize_int8(module)
-        quantize_int8(self._lm.get_output_embeddings())
+            quantize_layer_int8(layer)
+        head = self._lm.get_output_embeddings()
+        setattr(head, INT8, quantize_int8(head))
         self._int8 = True
         return self
 
@@ -438,7 +436,8 @@ class FrozenLLM(nn.Module):
         """``[B, T, H]`` -> ``[B, T, V]`` through the LM head (with final logit soft-capping where configured)."""
         head = self._lm.get_output_embeddings()
         if self._int8 and not torch.is_grad_enabled():
-            logits = linear(hidden.reshape(-1, hidden.shape[-1]), head).view(*hidden.shape[:-1], -1)
+            rows = hidden.reshape(-1, hidden.shape[-1])
+            logits = project(rows, (head,), getattr(head, INT8))[0].view(*hidden.shape[:-1], -1)
         else:
             logits = head(hidden)
         cap = getattr(self._lm.config.get_text_config(), "final_logit_softcapping", None)

@@ -106,8 +106,13 @@ def host_engine(engine: Any, serve: Callable[[], Any], shutdown: Callable[[], No
     """Run ``serve()`` (which starts and stops ``engine``, e.g. uvicorn with the app's lifespan) in a thread while
     this (main) thread is one of the engine's workers: torch's multi-threaded ops run at full speed only on the
     main thread (measured: README, serving). Ctrl-C and SIGTERM call ``shutdown()``; returns when ``serve`` does.
-    The heap is kept from fragmenting (:func:`steady_heap`)."""
+    The heap is kept from fragmenting (:func:`steady_heap`), and what exists by now (the model, warm-up garbage
+    collected) is left out of Python's garbage collections, whose full passes would otherwise stall rounds."""
+    import gc
+
     steady_heap()
+    gc.collect()
+    gc.freeze()
     engine.scheduler.hosted = True
     thread = threading.Thread(target=serve, name="freeze-omni-io", daemon=True)
     previous = None
@@ -120,6 +125,7 @@ def host_engine(engine: Any, serve: Callable[[], Any], shutdown: Callable[[], No
         shutdown()
         thread.join(30)
     finally:
+        gc.unfreeze()
         engine.scheduler.hosted = False
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
