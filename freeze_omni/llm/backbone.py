@@ -425,6 +425,8 @@ class FrozenLLM(nn.Module):
         through the same quantized LLM to compare. Needs layers :meth:`_forward_lean` reproduces."""
         if not ragged_capable(self._lm.get_decoder().layers):
             raise ValueError(f"int8 steps need Llama/Qwen2/Qwen3/Mistral layers, not {self._lm.config.model_type}")
+        if self.device.type != "cpu":
+            raise ValueError(f"int8 steps are a CPU option (the LLM is on {self.device}); use bf16 weights there")
         for layer in self._lm.get_decoder().layers:
             quantize_layer_int8(layer)
         head = self._lm.get_output_embeddings()
