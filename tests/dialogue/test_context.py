@@ -99,3 +99,26 @@ def test_eviction_bounds_the_cache_and_equals_a_fresh_prefill(llm):
     assert kept[-1].ids == llm.framing_ids(llm.framing.assistant_prefix) + [91] * 6  # the latest turn stays
     want, _ = _fresh(llm, [ctx.system] + kept, ctx)
     torch.testing.assert_close(_probe(llm, ctx.state), want, atol=1e-5, rtol=1e-5)
+
+
+@torch.inference_mode()
+def test_lead_in_parts_equals_the_lead_at_once_and_rolls_back(llm):
+    """open_lead books a turn's lead a few positions at a time; fed that way (the rest taken by the turn's first
+    chunk) the cache equals a prefill of the whole turn, and a rollback mid-lead forgets the rest too."""
+    ctx = _ctx(llm)
+    before, n = _probe(llm, ctx.state), ctx.state.length
+    lead, chunk = _turn(llm, 3)[:2], _turn(llm, 3)[2]
+    x = ctx.open_lead(lead, step=2)
+    llm.forward_embeds(x[None], ctx.state, logits_for="none")
+    assert x.shape[0] == 2 and ctx.lead_left and ctx.turn_length == 2
+    ctx.rollback_turn()
+    assert ctx.state.length == n and not ctx.open and not ctx.lead_left
+    torch.testing.assert_close(_probe(llm, ctx.state), before)
+
+    for _ in range(2):
+        llm.forward_embeds(ctx.open_lead(lead, step=2)[None], ctx.state, logits_for="none")
+    ctx.feed(ctx.rest_of_lead() + [chunk])
+    assert ctx.open_lead(lead, step=2) is None and ctx.state.length == ctx.expected_length()
+    want, length = _fresh(llm, [ctx.system] + lead + [chunk], ctx)
+    assert ctx.state.length == length
+    torch.testing.assert_close(_probe(llm, ctx.state), want, atol=1e-5, rtol=1e-5)
