@@ -102,7 +102,7 @@ class _AppendInPlace:
         keys, values = layer.keys, layer.values
         n, t = (keys.shape[2] if keys.dim() == 4 else 0), k.shape[2]
         room = getattr(layer, "_freeze_omni_room", None)
-        if (room is None or room[0].data_ptr() != keys.data_ptr() or room[0].shape[2] < n + t or n == 0
+        if (room is None or room[0].data_ptr() != keys.data_ptr() or room[0].shape[2] < n + t
                 or (room[0].is_inference() and not torch.is_inference_mode_enabled())):  # not writable here
             cap = ((n + t) // 256 + 1) * 256  # whole blocks of 256 positions: freed rooms fit the next ones
             room = (k.new_empty(1, k.shape[1], cap, k.shape[3]), v.new_empty(1, v.shape[1], cap, v.shape[3]))
@@ -392,10 +392,8 @@ class FrozenLLM(nn.Module):
     def _lean(self, state: LLMState) -> bool:
         """Whether ``state`` can be stepped by :meth:`_forward_lean`: an LM of a kind it reproduces, one row,
         unpadded, every cache layer a plain dynamic one holding exactly ``state.length`` positions."""
-        if self._lean_ok is None:
-            self._lean_ok = ragged_capable(self._lm.get_decoder().layers)
         layers = getattr(state.cache, "layers", None)
-        if not self._lean_ok or state.mask is not None or not layers:
+        if not self._lean_layers() or state.mask is not None or not layers:
             return False
         for layer in layers:
             keys = getattr(layer, "keys", None)
@@ -407,6 +405,12 @@ class FrozenLLM(nn.Module):
             elif keys.dim() != 4 or keys.shape[0] != 1 or keys.shape[2] != state.length:
                 return False
         return True
+
+    def _lean_layers(self) -> bool:
+        """Whether the LM's layers are of a kind :func:`~freeze_omni.ragged.ragged_layers` reproduces (cached)."""
+        if self._lean_ok is None:
+            self._lean_ok = ragged_capable(self._lm.get_decoder().layers)
+        return self._lean_ok
 
     def _select_logits(self, hidden: torch.Tensor, logits_for: LogitsFor) -> torch.Tensor | None:
         if logits_for == "all":
@@ -423,7 +427,7 @@ class FrozenLLM(nn.Module):
         training and padded batches). SmolLM2-135M on 2 cores: a listening step ~30% faster; the answers are those
         of a slightly different LLM (greedy answers drift after some tokens), so the text modality must be asked
         through the same quantized LLM to compare. Needs layers :meth:`_forward_lean` reproduces."""
-        if not ragged_capable(self._lm.get_decoder().layers):
+        if not self._lean_layers():
             raise ValueError(f"int8 steps need Llama/Qwen2/Qwen3/Mistral layers, not {self._lm.config.model_type}")
         if self.device.type != "cpu":
             raise ValueError(f"int8 steps are a CPU option (the LLM is on {self.device}); use bf16 weights there")
