@@ -19,6 +19,7 @@ LLM (:meth:`freeze_omni.llm.backbone.FrozenLLM.forward_ragged`) and the speech d
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Sequence
 
 import torch
@@ -43,49 +44,120 @@ def ragged_capable(layers: Sequence[nn.Module]) -> bool:
 
 
 INT8 = "_freeze_omni_int8"
-"""Attribute holding weight-only int8 copies: on a decoder layer, a dict of :func:`quantize_int8` copies
-(``qkv``, ``o``, ``gate_up``, ``down``: projections that share an input are stacked into one product); on a
-``Linear`` (an output head), its own copy."""
+"""Attribute holding int8 copies: on a decoder layer, a dict of :class:`Int8Linear` (``qkv``, ``o``, ``gate_up``,
+``down``: projections that share an input are stacked into one product); on a ``Linear`` (an output head), its
+own."""
 
 INT8_MAX_ROWS = 16
-"""Above this many rows a float32 product is faster than the int8 kernel (which reads fewer bytes but computes
-slowly): 2 cores, SmolLM2 shapes, int8 78 / 109 / 279 / 514 us at 1 / 4 / 16 / 32 rows, float32 167 / 227 / 490 /
-489."""
+"""Weight-only fallback kernel only: above this many rows a float32 product is faster than ``_weight_int8pack_mm``
+(which reads fewer bytes but computes slowly): 2 cores, SmolLM2 shapes, int8 78 / 109 / 279 / 514 us at 1 / 4 / 16 /
+32 rows, float32 167 / 227 / 490 / 489."""
 
 
-def quantize_int8(*linears: nn.Linear) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[int]]:
-    """A weight-only int8 copy of ``linears`` (same input; their weights stacked into one matrix, so one product
-    computes them all): ``(weight int8 [sum out, in], scales bf16 [sum out], bias or None, out sizes)``, symmetric,
-    one scale per output channel. On a CPU with AVX-512 this reads 4x fewer bytes than float32 (SmolLM2-135M: ~3x
-    faster matrix products at 2 rows, 2 threads); products are taken in bfloat16. The float weights stay."""
-    w = torch.cat([m.weight.detach().float() for m in linears])
-    scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
-    bias = None
-    if any(m.bias is not None for m in linears):
-        bias = torch.cat([m.bias.detach() if m.bias is not None else m.weight.new_zeros(m.out_features)
-                          for m in linears])
-    return ((w / scale[:, None]).round().clamp(-127, 127).to(torch.int8).contiguous(), scale.to(torch.bfloat16),
-            bias, [m.out_features for m in linears])
+def _int8_engine() -> str | None:
+    """The quantized engine whose dynamic int8 linear this CPU runs (x86: fbgemm's VNNI/AVX-512 kernels)."""
+    engines = torch.backends.quantized.supported_engines
+    for name in ("x86", "fbgemm"):
+        if name in engines:
+            return name
+    return None
 
 
-def quantize_layer_int8(layer: nn.Module) -> None:
-    """Give a decoder layer accepted by :func:`ragged_capable` the int8 copies :func:`ragged_layers` then uses."""
+class Int8Linear:
+    """An int8 copy of one or more ``Linear`` layers that share their input (weights stacked into one matrix, one
+    symmetric scale per output channel; the float weights stay with the modules).
+
+    Dynamic (the default where the CPU has fbgemm, i.e. x86): a product quantizes its input on the fly, one scale
+    for all rows of the call, and multiplies int8 by int8 with int32 sums. On 2 cores, SmolLM2's stacked gate/up
+    ``[3072, 576]`` takes 63 / 97 / 148 / 259 us at 1 / 8 / 16 / 32 rows against 280 / 713 / 661 / 922 in float32
+    and 121 / 415 / 815 / 1579 through the weight-only kernel (``benchmarks/int8.py``). Given ``act_max``
+    (each input channel's largest value on calibration text), the few channels where LLM activations are large are
+    first divided down and their weights multiplied up by ``s_c = act_max_c^alpha / w_max_c^(1 - alpha)``
+    (SmoothQuant), which one more elementwise product undoes nothing of: ``(x / s) (W s)^T = x W^T``. Because
+    the input scale is shared by a call's rows, a row's result depends slightly on the rows beside it.
+
+    Weight-only (``dynamic=False``, and where there is no fbgemm): ``_weight_int8pack_mm``, bfloat16 products,
+    used up to :data:`INT8_MAX_ROWS` rows; each row's result is its own. A smaller change to the LLM, slower.
+    """
+
+    def __init__(self, *linears: nn.Linear, act_max: torch.Tensor | None = None, alpha: float = 0.5,
+                 dynamic: bool | None = None) -> None:
+        w = torch.cat([m.weight.detach().float() for m in linears])
+        self.in_scale = None
+        engine = _int8_engine()
+        if dynamic is None:
+            dynamic = engine is not None
+        if dynamic and act_max is not None:
+            # SmoothQuant: input channel c is divided by s_c and its weights multiplied by it, so a few channels
+            # with large activations no longer set the one scale of the quantized input
+            s = (act_max.float().clamp(min=1e-5) ** alpha / w.abs().amax(dim=0).clamp(min=1e-5) ** (1 - alpha))
+            s = s.clamp(min=1e-2, max=1e2)
+            w, self.in_scale = w * s, (1.0 / s).contiguous()
+        scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+        bias = None
+        if any(m.bias is not None for m in linears):
+            bias = torch.cat([m.bias.detach().float() if m.bias is not None else w.new_zeros(m.out_features)
+                              for m in linears])
+        self.sizes = [m.out_features for m in linears]
+        self.packed = None
+        if dynamic:
+            if engine is None:
+                raise ValueError("dynamic int8 products need the x86/fbgemm quantized engine")
+            torch.backends.quantized.engine = engine
+            with warnings.catch_warnings():  # quantized tensors are deprecated as a user type, not as this kernel
+                warnings.simplefilter("ignore")
+                qw = torch.quantize_per_channel(w, scale.double(), torch.zeros(len(scale), dtype=torch.long), 0,
+                                                torch.qint8)
+                self.packed = torch.ops.quantized.linear_prepack(qw, bias)
+            self.w8 = self.scale = self.bias = None
+        else:
+            self.w8 = (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8).contiguous()
+            self.scale, self.bias = scale.to(torch.bfloat16), bias
+
+    def usable(self, rows: int) -> bool:
+        """Whether a product over ``rows`` rows should use this copy (else the float weights are faster)."""
+        return self.packed is not None or rows <= INT8_MAX_ROWS
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [N, in]`` (float32) -> ``[N, sum out]``."""
+        if self.packed is not None:
+            x = x.contiguous() if self.in_scale is None else x * self.in_scale
+            return torch.ops.quantized.linear_dynamic(x, self.packed)
+        y = torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), self.w8, self.scale).to(x.dtype)
+        return y if self.bias is None else y + self.bias
+
+
+def quantize_int8(*linears: nn.Linear, act_max: torch.Tensor | None = None,
+                  dynamic: bool | None = None) -> Int8Linear:
+    """An :class:`Int8Linear` copy of ``linears`` (same input; ``act_max``: the largest absolute value each input
+    channel took on calibration inputs, for smoothing)."""
+    return Int8Linear(*linears, act_max=act_max, dynamic=dynamic)
+
+
+INT8_INPUTS = {"qkv": ("self_attn", "q_proj"), "o": ("self_attn", "o_proj"), "gate_up": ("mlp", "gate_proj"),
+               "down": ("mlp", "down_proj")}
+"""Where each int8 product of a decoder layer takes its input (the module whose input calibration records)."""
+
+
+def quantize_layer_int8(layer: nn.Module, act_max: dict[str, torch.Tensor] | None = None,
+                        dynamic: bool | None = None) -> None:
+    """Give a decoder layer accepted by :func:`ragged_capable` the int8 copies :func:`ragged_layers` then uses
+    (``act_max``: per product of :data:`INT8_INPUTS`, its calibration inputs' largest value per channel)."""
     attn, mlp = layer.self_attn, layer.mlp
-    setattr(layer, INT8, {"qkv": quantize_int8(attn.q_proj, attn.k_proj, attn.v_proj),
-                          "o": quantize_int8(attn.o_proj), "gate_up": quantize_int8(mlp.gate_proj, mlp.up_proj),
-                          "down": quantize_int8(mlp.down_proj)})
+    act = act_max or {}
+    parts = {"qkv": (attn.q_proj, attn.k_proj, attn.v_proj), "o": (attn.o_proj,),
+             "gate_up": (mlp.gate_proj, mlp.up_proj), "down": (mlp.down_proj,)}
+    setattr(layer, INT8, {key: quantize_int8(*linears, act_max=act.get(key), dynamic=dynamic)
+                          for key, linears in parts.items()})
 
 
-def project(x: torch.Tensor, linears: Sequence[nn.Linear], q8: tuple | None = None) -> list[torch.Tensor]:
+def project(x: torch.Tensor, linears: Sequence[nn.Linear], q8: Int8Linear | None = None) -> list[torch.Tensor]:
     """Each of ``linears`` applied to ``x [N, in]``: one int8 product through their stacked copy ``q8`` when
-    there is one and ``N`` is small (:data:`INT8_MAX_ROWS`), else their float weights."""
-    if q8 is None or x.shape[0] > INT8_MAX_ROWS:
+    there is one (and it is the faster way for ``N`` rows), else their float weights."""
+    if q8 is None or not q8.usable(x.shape[0]):
         return [F.linear(x, m.weight, m.bias) for m in linears]
-    w8, scale, bias, sizes = q8
-    y = torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), w8, scale).to(x.dtype)
-    if bias is not None:
-        y = y + bias
-    return list(y.split(sizes, dim=-1)) if len(sizes) > 1 else [y]
+    y = q8(x)
+    return list(y.split(q8.sizes, dim=-1)) if len(q8.sizes) > 1 else [y]
 
 
 def _rms(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from freeze_omni.decoder.model import (
-    DecoderConfig, SpeechDecoder, build_decoder_config, decoder_mask, decoder_tiny_en, decoder_upstream,
+    DecoderConfig, KVCache, SpeechDecoder, build_decoder_config, decoder_mask, decoder_tiny_en, decoder_upstream,
 )
 
 
@@ -129,3 +129,23 @@ def test_recipe_configs_build():
                                     llm_hidden=576, codebook_size=1024)
         with torch.device("meta"):
             SpeechDecoder(dcfg)
+
+
+def test_kv_cache_appends_in_place_without_autograd_and_concatenates_with_it():
+    """KVCache: without autograd the slot grows in reserved room (past several blocks) and always equals the
+    concatenation of what was appended; with autograd, gradients reach every appended key."""
+    g = torch.Generator().manual_seed(0)
+    parts = [torch.randn(2, 4, t, 8, generator=g) for t in (3, 1, 1, KVCache.ROOM, 2, 1)]
+    cache = KVCache(1)
+    with torch.inference_mode():
+        for i, p in enumerate(parts):
+            k, v = cache.update(p, -p, 0)
+            torch.testing.assert_close(k, torch.cat(parts[:i + 1], dim=2), rtol=0, atol=0)
+            torch.testing.assert_close(v, -k, rtol=0, atol=0)
+    assert cache.length(0) == sum(p.shape[2] for p in parts)
+    leaves = [p.clone().requires_grad_(True) for p in parts[:3]]
+    cache = KVCache(1)
+    for p in leaves:
+        k, _ = cache.update(p, p, 0)
+    k.sum().backward()
+    assert all(p.grad is not None and torch.equal(p.grad, torch.ones_like(p)) for p in leaves)
