@@ -219,15 +219,22 @@ class DialogueEngine:
             others = [s for s in batch if s not in listening]
             # a round that hears someone stays short (their next chunk waits for it): optional work waits
             leads = [] if rows else self._lead_part(others)
-            self._llm_round(self._listen(rows) if rows else [], [s for s in others if self._guard(s, self._feeds, s)],
-                            leads)
+            answering = [s for s in others if self._guard(s, self._feeds, s)]
+            # and answers whose text is a whole segment ahead of their speech write their next token later
+            held = {s for s in answering if rows and self._guard(s, self._text_ahead, s)}
+            self._llm_round(self._listen(rows) if rows else [], [s for s in answering if s not in held], leads)
             speech = [s for s in others if self._guard(s, self._wants_speech, s)]
             now = [s for s in speech if not rows or self._urgent(s)]
             tokens = self._speech_round(now, t0)
             later = set(speech) - set(now)
             out = {}
             for s in batch:
-                wake = None if s in later else self._guard(s, self._answer_step, s, tokens.get(s))
+                if s in later:
+                    wake = None
+                elif s in held and s not in tokens:
+                    wake = self._guard(s, self._wake_time, s)
+                else:
+                    wake = self._guard(s, self._answer_step, s, tokens.get(s))
                 out[s] = (not s.closed and (s.has_work() or self._answer_ready(s)), wake)
         return out
 
@@ -454,6 +461,12 @@ class DialogueEngine:
         or not this round samples the next token, so that answers' tokens share passes."""
         return s.answer is not None and s.gen is not None and not s.paused and s.gen.has_pending
 
+    def _text_ahead(self, s: Session) -> bool:
+        """The answer's text holds a complete segment its speech has not started: its next token can wait (an
+        answer's tokens come ~3x faster than they are spoken; fed in a round that hears someone, each one makes the
+        pass that those chunks wait for longer)."""
+        return bool(s.answer.pending)
+
     def _wants_speech(self, s: Session) -> bool:
         return self.speaker.ready(s) and s.answer.wants_speech_tokens()
 
@@ -478,6 +491,10 @@ class DialogueEngine:
         elif s.answer is not None and not s.paused and s.answer.can_sample() and self.speaker.step(s, text=True):
             self._signal(s, Signal.ANSWER_DONE)  # the token fed in this round's pass is sampled in any case
         self._show_state(s)
+        return self._wake_time(s)
+
+    def _wake_time(self, s: Session) -> Optional[float]:
+        """When a paced answer wants to be woken (``time.monotonic()``), or None."""
         wait = self.speaker.paced(s) if s.answer is not None else None
         return None if wait is None else time.monotonic() + wait
 
