@@ -302,3 +302,28 @@ def test_respond_answers_now_without_new_speech(bundle):
     drive(engine, s)
     assert rec.of(ev.TurnEnded)[-1].decision == "end_of_input" and len(rec.of(ev.ResponseDone)) == 2
     assert len(s.ctx.exchanges) == 2 and s.ctx.state.length == s.ctx.expected_length()
+
+
+def test_answer_text_ahead_waits_in_a_round_that_hears_someone(bundle, monkeypatch):
+    """In a round with a listening chunk, an answer whose text is ahead of its speech (``_text_ahead``: a whole
+    unspoken segment) is not fed to that round's LLM pass and takes no step (its token waits); rounds without
+    one feed it, and it completes as usual."""
+    engine = make_engine(bundle, max_new_tokens=40)
+    b, rec_b = open_session(engine, vad=False)
+    b.push_audio(question(0.5, seed=3))
+    b.flush()
+    drive(engine, b, until=lambda: b.answer is not None and b.gen.has_pending and len(b.gen.ids) > 2)
+    assert b.answer is not None
+    monkeypatch.setattr(engine, "_text_ahead", lambda s: s is b)
+    a, _ = open_session(engine, vad=False)
+    a.push_audio(question(1.0, seed=4))
+    fed = []
+    ragged = engine._ragged
+    monkeypatch.setattr(engine, "_ragged", lambda rows: (fed.append([s for s, _, _ in rows]), ragged(rows))[1])
+    ids = list(b.gen.ids)
+    engine.process([a, b])
+    assert fed and a in fed[-1] and b not in fed[-1]
+    assert b.gen.has_pending and b.gen.ids == ids  # nothing fed, nothing sampled
+    drive(engine, b)
+    assert [e.status for e in rec_b.of(ev.ResponseDone)] == ["completed"]
+    assert any(b in rows for rows in fed[1:])
