@@ -28,7 +28,7 @@ QUESTIONS = ["What is the capital of France?", "How many legs does a spider have
              "Can you name three fruits?", "What does a bee make?"]
 
 
-def best_us(fn, reps: int = 100) -> float:
+def mean_us(fn, reps: int = 100) -> float:
     for _ in range(5):
         fn()
     t = time.perf_counter()
@@ -64,7 +64,7 @@ def main() -> None:
         row = {}
         for n in (1, 2, 8, 16, 32):
             x = torch.randn(n, w.shape[1], generator=g)
-            row[n] = best_us((lambda: F.linear(x, w)) if q8 is None else (lambda: q8(x)))
+            row[n] = mean_us((lambda: F.linear(x, w)) if q8 is None else (lambda: q8(x)))
         matmul[name] = row
 
     def greedy(llm, q: str) -> list[int]:

@@ -127,28 +127,24 @@ class Int8Linear:
         return y if self.bias is None else y + self.bias
 
 
-def quantize_int8(*linears: nn.Linear, act_max: torch.Tensor | None = None,
-                  dynamic: bool | None = None) -> Int8Linear:
-    """An :class:`Int8Linear` copy of ``linears`` (same input; ``act_max``: the largest absolute value each input
-    channel took on calibration inputs, for smoothing)."""
-    return Int8Linear(*linears, act_max=act_max, dynamic=dynamic)
+INT8_PRODUCTS = {"qkv": ("self_attn", ("q_proj", "k_proj", "v_proj")), "o": ("self_attn", ("o_proj",)),
+                 "gate_up": ("mlp", ("gate_proj", "up_proj")), "down": ("mlp", ("down_proj",))}
+"""The int8 products of a decoder layer: the submodule and its projections that share one input (stacked)."""
 
 
-INT8_INPUTS = {"qkv": ("self_attn", "q_proj"), "o": ("self_attn", "o_proj"), "gate_up": ("mlp", "gate_proj"),
-               "down": ("mlp", "down_proj")}
-"""Where each int8 product of a decoder layer takes its input (the module whose input calibration records)."""
+def dynamic_int8_available() -> bool:
+    """Whether :class:`Int8Linear` defaults to dynamic products here (the CPU has fbgemm)."""
+    return _int8_engine() is not None
 
 
 def quantize_layer_int8(layer: nn.Module, act_max: dict[str, torch.Tensor] | None = None,
                         dynamic: bool | None = None) -> None:
     """Give a decoder layer accepted by :func:`ragged_capable` the int8 copies :func:`ragged_layers` then uses
-    (``act_max``: per product of :data:`INT8_INPUTS`, its calibration inputs' largest value per channel)."""
-    attn, mlp = layer.self_attn, layer.mlp
+    (``act_max``: per product of :data:`INT8_PRODUCTS`, its calibration input's largest value per channel)."""
     act = act_max or {}
-    parts = {"qkv": (attn.q_proj, attn.k_proj, attn.v_proj), "o": (attn.o_proj,),
-             "gate_up": (mlp.gate_proj, mlp.up_proj), "down": (mlp.down_proj,)}
-    setattr(layer, INT8, {key: quantize_int8(*linears, act_max=act.get(key), dynamic=dynamic)
-                          for key, linears in parts.items()})
+    setattr(layer, INT8, {key: Int8Linear(*(getattr(getattr(layer, part), n) for n in names),
+                                          act_max=act.get(key), dynamic=dynamic)
+                          for key, (part, names) in INT8_PRODUCTS.items()})
 
 
 def project(x: torch.Tensor, linears: Sequence[nn.Linear], q8: Int8Linear | None = None) -> list[torch.Tensor]:
@@ -158,6 +154,30 @@ def project(x: torch.Tensor, linears: Sequence[nn.Linear], q8: Int8Linear | None
         return [F.linear(x, m.weight, m.bias) for m in linears]
     y = q8(x)
     return list(y.split(q8.sizes, dim=-1)) if len(q8.sizes) > 1 else [y]
+
+
+Room = tuple[torch.Tensor, torch.Tensor]
+
+
+def append_in_room(room: Room | None, keys: torch.Tensor | None, values: torch.Tensor | None, k: torch.Tensor,
+                   v: torch.Tensor, block: int) -> tuple[Room, torch.Tensor, torch.Tensor]:
+    """Append ``k``/``v [B, heads, t, head_dim]`` to a cache's ``keys``/``values`` (``[B, heads, n, head_dim]``,
+    or None / empty) without copying them: they are views of ``room``, a larger buffer, and the new entries are
+    written behind them. A new room (whole blocks of ``block`` positions, the old entries copied in) is made when
+    there is none, when ``keys`` are not views of it any more (cloned, rebuilt), when it is full, or when it is an
+    inference tensor outside inference mode. Returns ``(room, all keys, all values)``, the latter views of room."""
+    n = 0 if keys is None or keys.dim() != 4 else keys.shape[2]
+    t = k.shape[2]
+    if (room is None or (keys is not None and room[0].data_ptr() != keys.data_ptr()) or room[0].shape[2] < n + t
+            or room[0].shape[:2] != k.shape[:2]
+            or (room[0].is_inference() and not torch.is_inference_mode_enabled())):  # not writable here
+        cap = ((n + t) // block + 1) * block  # whole blocks: freed rooms fit the next ones
+        b, h, _, d = k.shape
+        room = (k.new_empty(b, h, cap, d), v.new_empty(b, h, cap, v.shape[3]))
+        if n:
+            room[0][:, :, :n], room[1][:, :, :n] = keys, values
+    room[0][:, :, n:n + t], room[1][:, :, n:n + t] = k, v
+    return room, room[0][:, :, :n + t], room[1][:, :, :n + t]
 
 
 def _rms(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:

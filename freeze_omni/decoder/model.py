@@ -32,7 +32,7 @@ from torch import nn
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
 
-from freeze_omni.ragged import ragged_layers
+from freeze_omni.ragged import append_in_room, ragged_layers
 
 LLM_MAPS = ("split", "project")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -225,18 +225,8 @@ class KVCache:
                 key, value = torch.cat([keys, key], dim=2), torch.cat([values, value], dim=2)
             self.keys[layer_idx], self.values[layer_idx], self._room[layer_idx] = key, value, None
             return key, value
-        n, t = (0 if keys is None else keys.shape[2]), key.shape[2]
-        room = self._room[layer_idx]
-        if (room is None or room[0].shape[2] < n + t or room[0].shape[:2] != key.shape[:2]
-                or (room[0].is_inference() and not torch.is_inference_mode_enabled())):  # not writable here
-            cap = ((n + t) // self.ROOM + 1) * self.ROOM
-            b, h, _, d = key.shape
-            room = (key.new_empty(b, h, cap, d), value.new_empty(b, h, cap, value.shape[3]))
-            if n:
-                room[0][:, :, :n], room[1][:, :, :n] = keys, values
-            self._room[layer_idx] = room
-        room[0][:, :, n:n + t], room[1][:, :, n:n + t] = key, value
-        self.keys[layer_idx], self.values[layer_idx] = room[0][:, :, :n + t], room[1][:, :, :n + t]
+        self._room[layer_idx], self.keys[layer_idx], self.values[layer_idx] = append_in_room(
+            self._room[layer_idx], keys, values, key, value, self.ROOM)
         return self.keys[layer_idx], self.values[layer_idx]
 
     def length(self, layer_idx: int) -> int:

@@ -221,7 +221,7 @@ class DialogueEngine:
             leads = [] if rows else self._lead_part(others)
             answering = [s for s in others if self._guard(s, self._feeds, s)]
             # and answers whose text is a whole segment ahead of their speech write their next token later
-            held = {s for s in answering if rows and self._guard(s, self._text_ahead, s)}
+            held = {s for s in answering if self._guard(s, self._text_ahead, s)} if rows else set()
             self._llm_round(self._listen(rows) if rows else [], [s for s in answering if s not in held], leads)
             speech = [s for s in others if self._guard(s, self._wants_speech, s)]
             now = [s for s in speech if not rows or self._urgent(s)]

@@ -25,8 +25,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from freeze_omni.llm.builtin import BUILTIN_SMOLLM2, builtin_smollm2_dir
 from freeze_omni.llm.chat import ChatFraming
 from freeze_omni.llm.sampling import SamplingConfig, sample_next
-from freeze_omni.ragged import (INT8, INT8_INPUTS, project, quantize_int8, quantize_layer_int8, ragged_capable,
-                                ragged_layers)
+from freeze_omni.ragged import (INT8, INT8_PRODUCTS, Int8Linear, append_in_room, dynamic_int8_available, project,
+                                quantize_layer_int8, ragged_capable, ragged_layers)
 
 LogitsFor = Literal["all", "last", "none"]
 
@@ -112,18 +112,8 @@ class _AppendInPlace:
         layer = self.cache.layers[layer_idx]
         if not layer.is_initialized:
             layer.lazy_initialization(k, v)
-        keys, values = layer.keys, layer.values
-        n, t = (keys.shape[2] if keys.dim() == 4 else 0), k.shape[2]
         room = getattr(layer, "_freeze_omni_room", None)
-        if (room is None or room[0].data_ptr() != keys.data_ptr() or room[0].shape[2] < n + t
-                or (room[0].is_inference() and not torch.is_inference_mode_enabled())):  # not writable here
-            cap = ((n + t) // 256 + 1) * 256  # whole blocks of 256 positions: freed rooms fit the next ones
-            room = (k.new_empty(1, k.shape[1], cap, k.shape[3]), v.new_empty(1, v.shape[1], cap, v.shape[3]))
-            if n:
-                room[0][:, :, :n], room[1][:, :, :n] = keys, values
-            layer._freeze_omni_room = room
-        room[0][:, :, n:n + t], room[1][:, :, n:n + t] = k, v
-        layer.keys, layer.values = room[0][:, :, :n + t], room[1][:, :, :n + t]
+        layer._freeze_omni_room, layer.keys, layer.values = append_in_room(room, layer.keys, layer.values, k, v, 256)
         return layer.keys, layer.values
 
 
@@ -448,11 +438,13 @@ class FrozenLLM(nn.Module):
             raise ValueError(f"int8 steps need Llama/Qwen2/Qwen3/Mistral layers, not {self._lm.config.model_type}")
         if self.device.type != "cpu":
             raise ValueError(f"int8 steps are a CPU option (the LLM is on {self.device}); use bf16 weights there")
+        if dynamic is None:
+            dynamic = dynamic_int8_available()
         layers, head = self._lm.get_decoder().layers, self._lm.get_output_embeddings()
-        act_max = self._calibrate(layers, head)
+        act_max = self._calibrate(layers, head) if dynamic else {}  # only dynamic products are smoothed
         for i, layer in enumerate(layers):
-            quantize_layer_int8(layer, {key: act_max[i, key] for key in INT8_INPUTS}, dynamic=dynamic)
-        setattr(head, INT8, quantize_int8(head, act_max=act_max["head"], dynamic=dynamic))
+            quantize_layer_int8(layer, {key: act_max.get((i, key)) for key in INT8_PRODUCTS}, dynamic=dynamic)
+        setattr(head, INT8, Int8Linear(head, act_max=act_max.get("head"), dynamic=dynamic))
         self._int8 = True
         return self
 
@@ -468,8 +460,8 @@ class FrozenLLM(nn.Module):
                 act_max[key] = m if key not in act_max else torch.maximum(act_max[key], m)
             return hook
 
-        handles = [getattr(getattr(layer, part), name).register_forward_pre_hook(record((i, key)))
-                   for i, layer in enumerate(layers) for key, (part, name) in INT8_INPUTS.items()]
+        handles = [getattr(getattr(layer, part), names[0]).register_forward_pre_hook(record((i, key)))
+                   for i, layer in enumerate(layers) for key, (part, names) in INT8_PRODUCTS.items()]
         handles.append(head.register_forward_pre_hook(record("head")))
         try:
             for system, question, answer in CALIBRATION:
