@@ -25,9 +25,16 @@ def error_rates(refs: list[str], hyps: list[str]) -> tuple[float, float]:
 
 
 def evaluate(args: argparse.Namespace) -> dict:
-    rec = SpeechRecognizer.from_bundle(args.model, decoder=getattr(args, "decoder", "auto"))
-    rows = read_manifest(args.manifest)[: args.limit]
+    decoder = getattr(args, "decoder", "auto")
     modes = ["streaming", "full"] if args.mode == "both" else [args.mode]
+    if decoder == "llm":
+        from freeze_omni.llm.transcribe import LLMTranscriber
+
+        rec = LLMTranscriber.from_bundle(args.model)
+        modes = ["streaming"]  # the bridge was trained on the streaming encoder only
+    else:
+        rec = SpeechRecognizer.from_bundle(args.model, decoder=decoder)
+    rows = read_manifest(args.manifest)[: args.limit]
     refs: list[str] = []
     hyps: dict[str, list[str]] = {m: [] for m in modes}
     by_speaker: dict[str, list[int]] = defaultdict(list)
@@ -42,7 +49,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         ref = normalize_text(row["text"])
         item = {"id": row.get("id"), "speaker": row.get("speaker"), "ref": ref}
         for m in modes:
-            item[m] = rec.transcribe(wave, mode=m)
+            item[m] = normalize_text(rec.transcribe(wave, mode=m))
             hyps[m].append(item[m])
         by_speaker[str(row.get("speaker"))].append(len(refs))
         refs.append(ref)
@@ -50,8 +57,8 @@ def evaluate(args: argparse.Namespace) -> dict:
             out.write(json.dumps(item) + "\n")
     if out:
         out.close()
-    result: dict = {"n": len(refs), "skipped": skipped, "decoder": "greedy" if rec.beam is None else
-                    ("beam+lm" if rec.lm is not None else "beam")}
+    result: dict = {"n": len(refs), "skipped": skipped, "decoder": "llm" if decoder == "llm" else
+                    "greedy" if rec.beam is None else ("beam+lm" if rec.lm is not None else "beam")}
     for m in modes:
         wer, cer = error_rates(refs, hyps[m])
         suffix = "" if m == "streaming" or len(modes) == 1 else "_full"

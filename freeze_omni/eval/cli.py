@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=["streaming", "full", "both"], default="both",
                    help="asr: streaming (160 ms chunks), full attention, or both")
     p.add_argument("--out", default=None, help="write per-item results (JSON Lines) here")
-    add_decoder_arg(p)
+    add_decoder_arg(p, llm=True)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--resynth", action="store_true", help="tts: also the codec alone (encode + decode the audio)")
     p.add_argument("--ablation", action="store_true",

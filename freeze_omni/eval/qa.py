@@ -4,7 +4,11 @@ qa: every held-out dialogue is answered twice with greedy decoding and the same 
 spoken questions through the live chunk-by-chunk path (the answer starts when the audio ends, so the number
 measures the bridge, not the state head), once from the typed questions (`ask`). Reported: the share of turns
 whose two answers are identical, and, for turns with known answers (``expected``: acceptable strings), the
-accuracy of each modality (an answer is right when it contains one of them as whole words, case-insensitively).
+accuracy of each modality (an answer is right when it contains one of them as whole words, case-insensitively),
+and each modality's *topic recall*: the share of the question's content words that its answer repeats (the same
+word, or the same first five letters: "country" / "countries"), averaged over turns. The bridge can teach the LLM
+the shape of a question long before its words ("What is the capital of France?" answered "The capital of the
+Southeastern United States is New Orleans.": 1 of 2); this number shows whether the words got through.
 Rows without ``expected`` get the known answers of their templated questions
 (:func:`freeze_omni.data.qa.known.known_answers`: capitals, arithmetic, ...).
 
@@ -33,6 +37,33 @@ from freeze_omni.llm.sampling import SamplingConfig
 CHUNK_SECONDS = 0.16
 
 
+# Words that carry no topic (question words, auxiliaries, pronouns, articles, prepositions).
+FUNCTION_WORDS = frozenset("""
+a an the and or but if of to in on at by for with from about into over under as is are was were be been being am
+do does did done have has had can could will would shall should may might must what which who whom whose when
+where why how that this these those there here it its i me my we our you your he him his she her they them their
+not no yes so than then too very just also some any all each every much many more most one tell give please say
+name let lets know like get make thing things something anything
+""".split())
+
+
+def content_words(text: str) -> set[str]:
+    """Lower-cased words of ``text`` that carry its topic (not function words; 3 letters or more)."""
+    from freeze_omni.data.text import normalize_text
+
+    return {w for w in normalize_text(text).split() if len(w) >= 3 and w not in FUNCTION_WORDS}
+
+
+def topic_recall(question: str, answer: str) -> float:
+    """Share of the question's content words found in ``answer`` (the word or its first five letters); 1.0 for a
+    question without content words."""
+    q, a = content_words(question), content_words(answer)
+    if not q:
+        return 1.0
+    stems = {w[:5] for w in a}
+    return sum(w in a or w[:5] in stems for w in q) / len(q)
+
+
 def _correct(answer: str, expected: Optional[list[str]]) -> Optional[bool]:
     return contains_answer(answer, expected) if expected else None
 
@@ -45,6 +76,7 @@ def evaluate_qa(args: argparse.Namespace) -> dict:
     n = same = skipped = 0
     right = {"speech": 0, "text": 0}
     known = 0
+    recall = {"speech": 0.0, "text": 0.0}
     out = open(args.out, "w") if args.out else None
     for row in tqdm(rows, desc="eval qa", unit="dialogue"):
         try:
@@ -61,6 +93,8 @@ def evaluate_qa(args: argparse.Namespace) -> dict:
             history.append((turn["question"], text))
             n += 1
             same += int(res.answer.strip() == text.strip())
+            recall["speech"] += topic_recall(turn["question"], res.answer)
+            recall["text"] += topic_recall(turn["question"], text)
             expected = turn.get("expected") or known_answers(turn["question"])
             ok_s, ok_t = _correct(res.answer, expected), _correct(text, expected)
             if ok_s is not None:
@@ -72,7 +106,9 @@ def evaluate_qa(args: argparse.Namespace) -> dict:
                                       "text": text, "expected": expected}) + "\n")
     if out:
         out.close()
-    result = {"n": n, "skipped": skipped, "identical": round(100.0 * same / max(n, 1), 2), "n_known": known}
+    result = {"n": n, "skipped": skipped, "identical": round(100.0 * same / max(n, 1), 2), "n_known": known,
+              "topic_recall_speech": round(100.0 * recall["speech"] / max(n, 1), 2),
+              "topic_recall_text": round(100.0 * recall["text"] / max(n, 1), 2)}
     if known:
         result["acc_speech"] = round(100.0 * right["speech"] / known, 2)
         result["acc_text"] = round(100.0 * right["text"] / known, 2)

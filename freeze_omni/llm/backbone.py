@@ -276,6 +276,10 @@ class FrozenLLM(nn.Module):
             ids += self.tokenize(a)
         return ids + self.framing_ids(f.user_prefix) + self.tokenize(question) + self.framing_ids(f.assistant_prefix)
 
+    def input_embedding_table(self) -> torch.Tensor:
+        """The LM's input embedding weight ``[vocab, H]`` (frozen; the tensor itself, not a copy)."""
+        return self._lm.get_input_embeddings().weight
+
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Look token ids up in the LM's (frozen) input embedding table.
 

@@ -16,6 +16,11 @@ Config (YAML)::
     bridge: {adapter_kernel: 5, prompt_num: 25, transcribe_tokens: 4}
     train_encoder: true                    # stage 3 default false
     ctc_weight: 0.3                        # align: keep the bundle's CTC head in step with the encoder (0: off)
+    token_ctc_weight: 0.5                  # CTC of the adapter outputs over the LLM's token embeddings (0: off;
+                                           # freeze_omni.train.token_ctc), on transcripts / spoken questions
+    token_ctc_negatives: 2048
+    llm_weight: 1.0                        # the LLM's CE (+ state CE); 0: token CTC alone, no LLM pass (fast: a
+                                           # warm start for the adapter before the LLM's own loss)
     train_adapter: true                    # stage 3 default false
     data: {train: M.jsonl, state2: S.jsonl, state2_frac: 0.2, max_seconds: 10, silence_chunks: [0, 3]}
     augment: {...}                         # freeze_omni.data.augment.Augmenter fields
@@ -58,7 +63,8 @@ class StageModel(nn.Module):
 
     def __init__(self, model: SpeechLLM, system: str, train_encoder: bool, train_adapter: bool,
                  state_weight: float = 1.0, ctc_head: Optional[nn.Module] = None, ctc_weight: float = 0.0,
-                 ctc_tokenizer: Any = None) -> None:
+                 ctc_tokenizer: Any = None, token_ctc: Optional[nn.Module] = None,
+                 token_ctc_weight: float = 0.0, llm_weight: float = 1.0) -> None:
         super().__init__()
         self.model, self.system = model, system
         self.train_encoder, self.train_adapter, self.state_weight = train_encoder, train_adapter, state_weight
@@ -68,6 +74,12 @@ class StageModel(nn.Module):
         self.ctc_head = ctc_head if (ctc_head is not None and ctc_weight > 0 and train_encoder) else None
         self.ctc_weight = ctc_weight
         self.ctc_tokenizer = ctc_tokenizer if self.ctc_head is not None else None
+        # Adapter outputs read through the LLM's token embeddings (needs a trainable adapter or encoder).
+        use = token_ctc is not None and token_ctc_weight > 0 and (train_adapter or train_encoder)
+        self.token_ctc, self.token_ctc_weight = (token_ctc, token_ctc_weight) if use else (None, 0.0)
+        if llm_weight <= 0 and self.token_ctc is None:
+            raise ValueError("llm_weight 0 leaves nothing to learn without the token CTC (token_ctc_weight > 0)")
+        self.llm_weight = llm_weight
 
     def train(self, mode: bool = True) -> "StageModel":
         super().train(mode)
@@ -84,6 +96,24 @@ class StageModel(nn.Module):
             ec = m.encoder.cfg
             enc, enc_len = m.encoder(batch["feats"], batch["feat_lens"], ec.chunk_size, ec.left_chunks)
             audio, a_len = m.adapter(enc, enc_len)
+        losses: dict[str, torch.Tensor] = {"loss": audio.new_zeros(())}
+        if self.llm_weight > 0:
+            losses = self._llm_losses(batch, audio, a_len)
+        if self.ctc_head is not None and "ctc_targets" in batch:
+            t = batch["ctc_targets"]
+            ctc = nn.functional.ctc_loss(self.ctc_head(enc).transpose(0, 1).float(), t["ids"], enc_len, t["lens"],
+                                         blank=0, reduction="mean", zero_infinity=True)
+            losses["ctc"] = ctc
+            losses["loss"] = losses["loss"] + self.ctc_weight * ctc
+        if self.token_ctc is not None and "token_targets" in batch:
+            tctc, tacc = self.token_ctc(audio, a_len, batch["token_targets"])
+            losses["token_ctc"], losses["token_ctc_acc"] = tctc, tacc
+            losses["loss"] = losses["loss"] + self.token_ctc_weight * tctc
+        return losses
+
+    def _llm_losses(self, batch: dict[str, Any], audio: torch.Tensor, a_len: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The frozen LLM's CE on answers / transcripts and the state CE, weighted by ``llm_weight``."""
+        m = self.model
         # 2. One segment list per example, exactly as the live dialogue feeds the LLM.
         seqs = []
         for ex in batch["examples"]:
@@ -99,12 +129,7 @@ class StageModel(nn.Module):
             seqs.append(segs)
         # 3. LLM CE on answers / transcripts + state CE at chunk ends.
         losses = m.loss(seqs, self.state_weight)
-        if self.ctc_head is not None and "ctc_targets" in batch:
-            t = batch["ctc_targets"]
-            ctc = nn.functional.ctc_loss(self.ctc_head(enc).transpose(0, 1).float(), t["ids"], enc_len, t["lens"],
-                                         blank=0, reduction="mean", zero_infinity=True)
-            losses["ctc"] = ctc
-            losses["loss"] = losses["loss"] + self.ctc_weight * ctc
+        losses["loss"] = self.llm_weight * losses["loss"]
         return losses
 
 
@@ -112,8 +137,9 @@ class BridgeCollate:
     """Loads and augments audio, pads silence around turns, computes features, state labels and target ids."""
 
     def __init__(self, model: SpeechLLM, stage: str, augmenter: Optional[Augmenter], silence_chunks=(0, 3),
-                 lead_seconds: float = 0.3, ctc_tokenizer: Any = None) -> None:
+                 lead_seconds: float = 0.3, ctc_tokenizer: Any = None, token_targets: bool = False) -> None:
         self.model, self.stage, self.aug, self.ctc_tokenizer = model, stage, augmenter, ctc_tokenizer
+        self.token_targets = token_targets  # LLM token ids of what each utterance says (token CTC)
         self.silence_chunks, self.lead_seconds = tuple(silence_chunks), lead_seconds
         self.chunk_frames = model.encoder.cfg.chunk_frames
 
@@ -139,6 +165,7 @@ class BridgeCollate:
         rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
         feats: list[torch.Tensor] = []
         examples = []
+        said: list[str] = []  # per utterance, in feats order: its transcript ("" for state-2 material)
         seconds = 0.0
         for it in items:
             if self.stage == "align":
@@ -146,14 +173,17 @@ class BridgeCollate:
                 turn["task"] = int(Task.TRANSCRIBE)
                 turn["answer_ids"] = self.model.llm.tokenize(it["text"].strip())
                 examples.append({"turns": [turn]})
+                said.append(it["text"])
             elif it.get("kind") == "state2":
                 examples.append({"turns": [self._utt(it["wave"], rng, feats, final=int(UserState.IGNORE))]})
+                said.append("")
             else:
                 turns = []
                 for t in it["turns"]:
                     turn = self._utt(t["wave"], rng, feats, final=int(UserState.RESPOND))
                     turn["answer_ids"] = self.model.llm.tokenize(t["answer"].strip())
                     turns.append(turn)
+                    said.append(t.get("question") or "")
                 examples.append({"turns": turns})
             seconds += sum(len(t["wave"]) for t in it.get("turns", [it])) / SR
         if not examples:
@@ -161,6 +191,8 @@ class BridgeCollate:
         out = {"feats": nn.utils.rnn.pad_sequence(feats, batch_first=True),
                "feat_lens": torch.tensor([f.shape[0] for f in feats]),
                "examples": examples, "audio_seconds": seconds}
+        if self.token_targets:
+            out["token_targets"] = [self.model.llm.tokenize(t.strip()) if t.strip() else [] for t in said]
         if self.stage == "align" and self.ctc_tokenizer is not None:
             ids = [self.ctc_tokenizer.encode(it["text"]) for it in items]
             out["ctc_targets"] = {"ids": torch.tensor([i for x in ids for i in x], dtype=torch.long),
@@ -196,7 +228,7 @@ class DialogueDataset(torch.utils.data.Dataset):
                 w = self._load(t["audio"])
                 if w is None:
                     return None
-                turns.append({"wave": w, "answer": t["answer"]})
+                turns.append({"wave": w, "answer": t["answer"], "question": t.get("question")})
             return {"kind": "qa", "turns": turns}
         w = self._load(row["audio"])
         return None if w is None else {"kind": "state2", "wave": w}
@@ -230,9 +262,17 @@ def build_stage(config: dict, stage: str) -> tuple[StageModel, str, str]:
         ctc_tok = CharTokenizer(b.config["ctc"]["chars"])
         ctc_head = CTCHead(encoder.output_dim, ctc_tok.vocab_size)
         ctc_head.load_state_dict(b.tensors("ctc"))
+    token_ctc = None
+    if float(config.get("token_ctc_weight", 0.0)) > 0:
+        from freeze_omni.train.token_ctc import TokenCTC
+
+        token_ctc = TokenCTC(llm.input_embedding_table(), int(config.get("token_ctc_negatives", 2048)))
+        if b.has("token_ctc"):  # an earlier stage's blank and scale: the adapter's outputs were fitted to them
+            token_ctc.load_state_dict(b.tensors("token_ctc"))
     sm = StageModel(model, system, bool(config.get("train_encoder", default_train)),
                     bool(config.get("train_adapter", default_train)), float(config.get("state_weight", 1.0)),
-                    ctc_head, float(config.get("ctc_weight", 0.0)), ctc_tok)
+                    ctc_head, float(config.get("ctc_weight", 0.0)), ctc_tok, token_ctc,
+                    float(config.get("token_ctc_weight", 0.0)), float(config.get("llm_weight", 1.0)))
     if stage == "qa":  # stage 3 never changes the task embeddings (stage-2 instructions)
         model.bridge.task_embeddings.requires_grad_(False)
     else:  # stage 2 trains no prompt embeddings / state head
@@ -263,7 +303,7 @@ def _run(config: dict, resume: bool, stage: str) -> int:
         dataset = DialogueDataset(rows, data.get("max_seconds"))
     aug = Augmenter(**config["augment"]) if config.get("augment") else None
     collate = BridgeCollate(sm.model, stage, aug, data.get("silence_chunks", (0, 3)),
-                            ctc_tokenizer=sm.ctc_tokenizer)
+                            ctc_tokenizer=sm.ctc_tokenizer, token_targets=sm.token_ctc is not None)
     bundle_dir = config.get("export", {}).get("bundle", str(Path(tcfg.out_dir) / "bundle"))
     init = Bundle(config["init_bundle"])
 
@@ -272,10 +312,14 @@ def _run(config: dict, resume: bool, stage: str) -> int:
             raise RuntimeError("the frozen LLM changed during training")
         _copy_components(init, bundle_dir)
         save_speech_llm(sm.model, bundle_dir, ref, system, save_encoder=sm.train_encoder)
-        if sm.ctc_head is not None:
-            from freeze_omni.bundle import save_component
+        from freeze_omni.bundle import save_component, write_bundle_config
 
+        if sm.ctc_head is not None:
             save_component(bundle_dir, "ctc", sm.ctc_head.state_dict())
+        if sm.token_ctc is not None:  # training aid only (blank + scale), for the next stage to go on with
+            write_bundle_config(bundle_dir, {"components": {
+                "token_ctc": save_component(bundle_dir, "token_ctc", sm.token_ctc.state_dict(),
+                                            keep_fp32=("blank", "log_scale"))}})
 
     Trainer(sm, tcfg, dataset, collate, on_checkpoint=on_checkpoint).fit(resume=resume)
     return 0

@@ -56,20 +56,48 @@ def _train(tmp, stage, init, d, extra):
     return tmp / f"{stage}_bundle"
 
 
+def test_align_on_the_token_ctc_alone_skips_the_llm(tmp_path, setup):
+    from freeze_omni.bundle import Bundle
+
+    d = setup
+    out = _train(tmp_path, "align", d / "ctc", d, {"data": {"train": str(d / "asr" / "manifest.jsonl")},
+                                                    "train_encoder": False, "llm_weight": 0.0,
+                                                    "token_ctc_weight": 1.0, "token_ctc_negatives": 16})
+    log = [json.loads(x) for x in (tmp_path / "align" / "log.jsonl").read_text().splitlines()]
+    assert all("train/token_ctc" in x and "train/ce" not in x for x in log if "train/loss" in x)
+    before, after = Bundle(d / "ctc").tensors("encoder"), Bundle(out).tensors("encoder")
+    assert all((before[k] == after[k]).all() for k in before)  # the encoder stayed as it was
+    # The blank and scale travel with the bundle, so that stage 3 goes on with the outputs fitted to them.
+    blank = Bundle(out).tensors("token_ctc")["blank"]
+    qa = _train(tmp_path, "qa", out, d, {"data": {"train": str(d / "qa.jsonl")}, "train_adapter": True,
+                                         "token_ctc_weight": 0.5, "token_ctc_negatives": 16,
+                                         "train": {"out_dir": str(tmp_path / "qa"), "max_steps": 1, "lr": 1e-9,
+                                                   "batch_size": 1, "ckpt_every": 1, "threads": 1}})
+    assert (Bundle(qa).tensors("token_ctc")["blank"] - blank).abs().max() < 1e-3
+
+
 def test_align_then_qa_then_chat_and_eval(tmp_path, setup, capsys):
     from freeze_omni.bundle import Bundle
 
     d = setup
     align = _train(tmp_path, "align", d / "ctc", d, {"data": {"train": str(d / "asr" / "manifest.jsonl")},
-                                                      "ctc_weight": 0.3})
+                                                      "ctc_weight": 0.3, "token_ctc_weight": 0.5,
+                                                      "token_ctc_negatives": 16})
     b = Bundle(align)
     assert b.has("bridge") and b.has("encoder") and b.has("ctc")
     # The encoder trained, so the CTC head trained along with it (ctc_weight) and was exported.
     log = [json.loads(x) for x in (tmp_path / "align" / "log.jsonl").read_text().splitlines()]
     assert any("train/ctc" in x for x in log)
+    assert any("train/token_ctc" in x for x in log)  # the adapter's outputs read through the LLM's embeddings
     before, after = Bundle(d / "ctc").tensors("ctc"), b.tensors("ctc")
     assert any(not (before[k] == after[k]).all() for k in before)
     assert b.config["llm"]["ref"] == str(d / "llm") and b.config["llm"]["fingerprint"]
+    # Stage 2's task read back: the frozen LLM writes the transcript through the bridge.
+    capsys.readouterr()
+    assert main(["eval", "asr", "--model", str(align), "--manifest", str(d / "asr" / "manifest.jsonl"),
+                 "--decoder", "llm", "--mode", "streaming", "--json"]) == 0
+    r = _last_json(capsys)
+    assert r["decoder"] == "llm" and r["n"] == 3 and r["wer"] >= 0 and "cer_full" not in r
     qa = _train(tmp_path, "qa", align, d, {"data": {"train": str(d / "qa.jsonl"), "state2": str(d / "state2.jsonl"),
                                                      "state2_frac": 1.0}})
     log = [json.loads(x) for x in (tmp_path / "qa" / "log.jsonl").read_text().splitlines()]
@@ -89,6 +117,7 @@ def test_align_then_qa_then_chat_and_eval(tmp_path, setup, capsys):
     assert main(["eval", "qa", "--model", str(qa), "--manifest", str(d / "qa.jsonl"), "--json"]) == 0
     r = _last_json(capsys)
     assert r["n"] == 2 and r["n_known"] == 1 and 0 <= r["identical"] <= 100 and "acc_gap" in r
+    assert 0 <= r["topic_recall_speech"] <= 100 and 0 <= r["topic_recall_text"] <= 100
     assert main(["eval", "state", "--model", str(qa), "--manifest", str(d / "state2.jsonl"), "--json"]) == 0
     s = _last_json(capsys)
     assert s["state2"] == 1 and "state2_rejected" in s

@@ -1,0 +1,54 @@
+"""The frozen LLM as a recogniser: input stage 2's task at inference.
+
+Stage 2 (``freeze-omni train align``) teaches the bridge to make the frozen LLM write what was said, after the
+``TRANSCRIBE`` task embeddings. Reading that transcript back is the most direct measure of whether the LLM
+*reads the words* from the adapter — which the spoken Q&A needs before it can answer like the text
+(``freeze-omni eval asr --decoder llm``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from freeze_omni.audio.features import extract
+from freeze_omni.llm.bridge import Task
+from freeze_omni.llm.model import SpeechLLM
+from freeze_omni.llm.sampling import SamplingConfig
+
+
+class LLMTranscriber:
+    """``transcribe(wave)``: the greedy transcript the frozen LLM writes from the bridge's audio embeddings."""
+
+    beam = lm = None  # no CTC decoding here (the interface of encoder.asr.SpeechRecognizer)
+
+    def __init__(self, model: SpeechLLM, system: str, max_new_tokens: int = 64) -> None:
+        self.model, self.system = model.eval(), system
+        self.sampling = SamplingConfig(greedy=True, max_new_tokens=max_new_tokens)
+
+    @classmethod
+    def from_bundle(cls, path: str | Path, **kwargs) -> "LLMTranscriber":
+        from freeze_omni.llm.loader import load_speech_llm
+
+        model, system = load_speech_llm(path)
+        return cls(model, system, **kwargs)
+
+    @torch.inference_mode()
+    def transcribe(self, wave: np.ndarray, mode: str = "streaming") -> str:
+        if mode != "streaming":
+            raise ValueError("the LLM transcribes from the streaming bridge only (--mode streaming)")
+        m = self.model
+        f = extract(wave, m.encoder.cfg.frontend)
+        step = m.encoder.cfg.chunk_frames
+        f = np.pad(f, ((0, -f.shape[0] % step), (0, 0)), mode="edge")  # whole 160 ms chunks, as in training
+        audio, n = m.audio_embeds(torch.from_numpy(np.ascontiguousarray(f))[None], torch.tensor([f.shape[0]]))
+        llm = m.llm
+        prefix = llm.system_ids(self.system) + llm.framing_ids(llm.framing.user_prefix)
+        seq = torch.cat([m.embed_ids(prefix), m.bridge.task(Task.TRANSCRIBE, m.cfg.transcribe_tokens)[0],
+                         audio[0, : int(n[0])]])
+        _, _, state = llm.forward_embeds(seq[None], llm.new_state(), logits_for="none")
+        first = m.embed_ids(llm.framing_ids(llm.framing.assistant_prefix))[None]
+        ids, _, _ = llm.generate(state, first, self.sampling)
+        return llm.tokenizer.decode(ids, skip_special_tokens=True).strip()
