@@ -19,12 +19,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def add_decoder_arg(p: argparse.ArgumentParser, llm: bool = False) -> None:
-    """``--decoder``; ``llm``: also ``llm``, the frozen LLM writing the transcript through the bridge (stage 2)."""
-    p.add_argument("--decoder", choices=("auto", "greedy", "beam") + (("llm",) if llm else ()), default="auto",
+    """``--decoder``; ``llm``: also ``llm`` (the frozen LLM writes the transcript through the bridge, stage 2's
+    task) and ``adapter`` (the adapter's outputs read through the token CTC)."""
+    p.add_argument("--decoder", choices=("auto", "greedy", "beam") + (("llm", "adapter") if llm else ()),
+                   default="auto",
                    help="CTC decoding: greedy, prefix beam search (+ the bundle's word LM), or auto = beam + LM "
                         "when the bundle has one (default: auto)" +
                         ("; llm: no CTC, the frozen LLM writes the transcript from the bridge (input stage 2's "
-                         "task; streaming only)" if llm else ""))
+                         "task; streaming only); adapter: the adapter's outputs read as the LLM's tokens (bundles "
+                         "trained with the token CTC)" if llm else ""))
 
 
 def _transcribe(args: argparse.Namespace) -> int:

@@ -27,10 +27,10 @@ def error_rates(refs: list[str], hyps: list[str]) -> tuple[float, float]:
 def evaluate(args: argparse.Namespace) -> dict:
     decoder = getattr(args, "decoder", "auto")
     modes = ["streaming", "full"] if args.mode == "both" else [args.mode]
-    if decoder == "llm":
-        from freeze_omni.llm.transcribe import LLMTranscriber
+    if decoder in ("llm", "adapter"):
+        from freeze_omni.llm.transcribe import AdapterTranscriber, LLMTranscriber
 
-        rec = LLMTranscriber.from_bundle(args.model)
+        rec = (LLMTranscriber if decoder == "llm" else AdapterTranscriber).from_bundle(args.model)
         modes = ["streaming"]  # the bridge was trained on the streaming encoder only
     else:
         rec = SpeechRecognizer.from_bundle(args.model, decoder=decoder)
@@ -57,7 +57,7 @@ def evaluate(args: argparse.Namespace) -> dict:
             out.write(json.dumps(item) + "\n")
     if out:
         out.close()
-    result: dict = {"n": len(refs), "skipped": skipped, "decoder": "llm" if decoder == "llm" else
+    result: dict = {"n": len(refs), "skipped": skipped, "decoder": decoder if decoder in ("llm", "adapter") else
                     "greedy" if rec.beam is None else ("beam+lm" if rec.lm is not None else "beam")}
     for m in modes:
         wer, cer = error_rates(refs, hyps[m])

@@ -35,20 +35,57 @@ class LLMTranscriber:
         model, system = load_speech_llm(path)
         return cls(model, system, **kwargs)
 
+    def _audio(self, wave: np.ndarray) -> torch.Tensor:
+        """The adapter's outputs ``[1, A, H]`` for a whole utterance (streaming chunk mask, whole 160 ms chunks)."""
+        m = self.model
+        f = extract(wave, m.encoder.cfg.frontend)
+        step = m.encoder.cfg.chunk_frames
+        f = np.pad(f, ((0, -f.shape[0] % step), (0, 0)), mode="edge")  # whole chunks, as in training
+        audio, n = m.audio_embeds(torch.from_numpy(np.ascontiguousarray(f))[None], torch.tensor([f.shape[0]]))
+        return audio[:, : int(n[0])]
+
     @torch.inference_mode()
     def transcribe(self, wave: np.ndarray, mode: str = "streaming") -> str:
         if mode != "streaming":
             raise ValueError("the LLM transcribes from the streaming bridge only (--mode streaming)")
-        m = self.model
-        f = extract(wave, m.encoder.cfg.frontend)
-        step = m.encoder.cfg.chunk_frames
-        f = np.pad(f, ((0, -f.shape[0] % step), (0, 0)), mode="edge")  # whole 160 ms chunks, as in training
-        audio, n = m.audio_embeds(torch.from_numpy(np.ascontiguousarray(f))[None], torch.tensor([f.shape[0]]))
-        llm = m.llm
+        m, llm = self.model, self.model.llm
         prefix = llm.system_ids(self.system) + llm.framing_ids(llm.framing.user_prefix)
         seq = torch.cat([m.embed_ids(prefix), m.bridge.task(Task.TRANSCRIBE, m.cfg.transcribe_tokens)[0],
-                         audio[0, : int(n[0])]])
+                         self._audio(wave)[0]])
         _, _, state = llm.forward_embeds(seq[None], llm.new_state(), logits_for="none")
         first = m.embed_ids(llm.framing_ids(llm.framing.assistant_prefix))[None]
         ids, _, _ = llm.generate(state, first, self.sampling)
         return llm.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+class AdapterTranscriber(LLMTranscriber):
+    """``transcribe(wave)``: what the adapter itself writes, read through the token CTC of stage 2
+    (:mod:`freeze_omni.train.token_ctc`): the nearest of the LLM's input embeddings (or the blank) at every adapter
+    position, greedy, repeats and blanks removed. It needs a bundle trained with ``token_ctc_weight`` (its
+    ``token_ctc`` component); the LLM itself does not run (``freeze-omni eval asr --decoder adapter``)."""
+
+    @classmethod
+    def from_bundle(cls, path: str | Path, **kwargs) -> "AdapterTranscriber":
+        from freeze_omni.bundle import Bundle
+
+        b = Bundle(path)
+        if not b.has("token_ctc"):
+            raise ValueError(f"{path}: no token_ctc component (train align/qa with token_ctc_weight > 0)")
+        rec = super().from_bundle(path, **kwargs)
+        t = b.tensors("token_ctc")
+        rec.vocab = torch.cat([t["blank"][None], rec.model.llm.input_embedding_table().float()])
+        rec.scale = float(t["log_scale"].exp())
+        return rec
+
+    @torch.inference_mode()
+    def transcribe(self, wave: np.ndarray, mode: str = "streaming") -> str:
+        if mode != "streaming":
+            raise ValueError("the adapter is read on the streaming encoder only (--mode streaming)")
+        a = self._audio(wave)[0].float()
+        d2 = a.pow(2).sum(-1, keepdim=True) - 2 * a @ self.vocab.T + self.vocab.pow(2).sum(-1)[None]
+        ids, prev = [], 0
+        for v in (-self.scale * d2).argmax(-1).tolist():
+            if v != prev and v != 0:
+                ids.append(v - 1)
+            prev = v
+        return self.model.llm.tokenizer.decode(ids, skip_special_tokens=True).strip()

@@ -56,7 +56,7 @@ def _train(tmp, stage, init, d, extra):
     return tmp / f"{stage}_bundle"
 
 
-def test_align_on_the_token_ctc_alone_skips_the_llm(tmp_path, setup):
+def test_align_on_the_token_ctc_alone_skips_the_llm(tmp_path, setup, capsys):
     from freeze_omni.bundle import Bundle
 
     d = setup
@@ -69,6 +69,14 @@ def test_align_on_the_token_ctc_alone_skips_the_llm(tmp_path, setup):
     assert all((before[k] == after[k]).all() for k in before)  # the encoder stayed as it was
     # The blank and scale travel with the bundle, so that stage 3 goes on with the outputs fitted to them.
     blank = Bundle(out).tensors("token_ctc")["blank"]
+    capsys.readouterr()  # what the adapter writes, read as the LLM's tokens
+    assert main(["eval", "asr", "--model", str(out), "--manifest", str(d / "asr" / "manifest.jsonl"),
+                 "--decoder", "adapter", "--mode", "streaming", "--json"]) == 0
+    r = _last_json(capsys)
+    assert r["decoder"] == "adapter" and r["n"] == 3 and r["wer"] >= 0
+    assert main(["eval", "asr", "--model", str(d / "ctc"), "--manifest", str(d / "asr" / "manifest.jsonl"),
+                 "--decoder", "adapter", "--mode", "streaming"]) != 0
+    assert "no token_ctc component" in capsys.readouterr().err  # a bundle trained without it says so
     qa = _train(tmp_path, "qa", out, d, {"data": {"train": str(d / "qa.jsonl")}, "train_adapter": True,
                                          "token_ctc_weight": 0.5, "token_ctc_negatives": 16,
                                          "train": {"out_dir": str(tmp_path / "qa"), "max_steps": 1, "lr": 1e-9,
