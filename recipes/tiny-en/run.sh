@@ -78,6 +78,12 @@ fi
 if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
   log "Stage 7: input stage 3, prompt embeddings + state head on the spoken Q&A (resumable)"
   $FO train qa --config recipes/tiny-en/conf/qa.yaml --resume
+  # Tried, not shipped (README, "Does the LLM read the words?"): TOKENS=1 also warms the adapter up on the token
+  # CTC alone (align_tokens.yaml) and runs stage 3 with the adapter trainable on top of it (qa_tokens.yaml).
+  if [ "${TOKENS:-0}" = 1 ]; then
+    $FO train align --config recipes/tiny-en/conf/align_tokens.yaml --resume
+    $FO train qa --config recipes/tiny-en/conf/qa_tokens.yaml --resume
+  fi
 fi
 
 if [ $stage -le 8 ] && [ $stop_stage -ge 8 ]; then
