@@ -35,6 +35,13 @@ IGNORE_INDEX = -100
 EMBEDS_PER_CHUNK = 2  # 160 ms chunk -> 2 LLM embeddings (12.5 Hz)
 
 
+def whole_chunks(feats: np.ndarray, chunk_frames: int) -> np.ndarray:
+    """Whole-utterance features ``[T, 80]`` padded (last frame repeated) to a whole number of chunks, at least one:
+    how training and the whole-utterance readers feed the streaming encoder."""
+    n_chunks = max(1, -(-feats.shape[0] // chunk_frames))
+    return np.pad(feats, ((0, n_chunks * chunk_frames - feats.shape[0]), (0, 0)), mode="edge")
+
+
 @dataclass
 class BridgeConfig:
     """Shapes of the trainable pieces between the encoder and the frozen LLM."""

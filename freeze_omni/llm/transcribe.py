@@ -15,7 +15,7 @@ import torch
 
 from freeze_omni.audio.features import extract
 from freeze_omni.llm.bridge import Task
-from freeze_omni.llm.model import SpeechLLM
+from freeze_omni.llm.model import SpeechLLM, whole_chunks
 from freeze_omni.llm.sampling import SamplingConfig
 
 
@@ -38,9 +38,7 @@ class LLMTranscriber:
     def _audio(self, wave: np.ndarray) -> torch.Tensor:
         """The adapter's outputs ``[1, A, H]`` for a whole utterance (streaming chunk mask, whole 160 ms chunks)."""
         m = self.model
-        f = extract(wave, m.encoder.cfg.frontend)
-        step = m.encoder.cfg.chunk_frames
-        f = np.pad(f, ((0, -f.shape[0] % step), (0, 0)), mode="edge")  # whole chunks, as in training
+        f = whole_chunks(extract(wave, m.encoder.cfg.frontend), m.encoder.cfg.chunk_frames)
         audio, n = m.audio_embeds(torch.from_numpy(np.ascontiguousarray(f))[None], torch.tensor([f.shape[0]]))
         return audio[:, : int(n[0])]
 
@@ -81,11 +79,9 @@ class AdapterTranscriber(LLMTranscriber):
     def transcribe(self, wave: np.ndarray, mode: str = "streaming") -> str:
         if mode != "streaming":
             raise ValueError("the adapter is read on the streaming encoder only (--mode streaming)")
-        a = self._audio(wave)[0].float()
-        d2 = a.pow(2).sum(-1, keepdim=True) - 2 * a @ self.vocab.T + self.vocab.pow(2).sum(-1)[None]
-        ids, prev = [], 0
-        for v in (-self.scale * d2).argmax(-1).tolist():
-            if v != prev and v != 0:
-                ids.append(v - 1)
-            prev = v
-        return self.model.llm.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        from freeze_omni.encoder.ctc import greedy_decode
+        from freeze_omni.train.token_ctc import distance_logits
+
+        a = self._audio(wave).float()
+        ids = greedy_decode(distance_logits(a, self.vocab, self.scale), torch.tensor([a.shape[1]]))[0]
+        return self.model.llm.tokenizer.decode([i - 1 for i in ids], skip_special_tokens=True).strip()  # 0: blank

@@ -32,7 +32,6 @@ Config (YAML)::
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -42,10 +41,10 @@ from torch import nn
 
 from freeze_omni.audio.features import extract
 from freeze_omni.audio.io import AudioError, load_audio
-from freeze_omni.bundle import Bundle
+from freeze_omni.bundle import Bundle, save_component, write_bundle_config
 from freeze_omni.data.augment import Augmenter
 from freeze_omni.llm.bridge import Task, UserState
-from freeze_omni.llm.model import EMBEDS_PER_CHUNK, IGNORE_INDEX, Segment, SpeechLLM
+from freeze_omni.llm.model import EMBEDS_PER_CHUNK, IGNORE_INDEX, Segment, SpeechLLM, whole_chunks
 
 log = logging.getLogger(__name__)
 CHUNK_SECONDS = 0.16
@@ -152,9 +151,8 @@ class BridgeCollate:
         lead = int(rng.uniform(0, self.lead_seconds) * SR)
         tail = int(rng.integers(self.silence_chunks[0], self.silence_chunks[1] + 1) * CHUNK_SECONDS * SR)
         wave = np.concatenate([np.zeros(lead, np.float32), wave, np.zeros(tail, np.float32)])
-        f = extract(wave, self.model.encoder.cfg.frontend)
-        n_chunks = max(1, math.ceil(f.shape[0] / self.chunk_frames))
-        f = np.pad(f, ((0, n_chunks * self.chunk_frames - f.shape[0]), (0, 0)), mode="edge")  # whole chunks
+        f = whole_chunks(extract(wave, self.model.encoder.cfg.frontend), self.chunk_frames)
+        n_chunks = f.shape[0] // self.chunk_frames
         feats.append(torch.from_numpy(np.ascontiguousarray(f)))
         turn = {"utt": len(feats) - 1}
         if final is not None:
@@ -312,8 +310,6 @@ def _run(config: dict, resume: bool, stage: str) -> int:
             raise RuntimeError("the frozen LLM changed during training")
         _copy_components(init, bundle_dir)
         save_speech_llm(sm.model, bundle_dir, ref, system, save_encoder=sm.train_encoder)
-        from freeze_omni.bundle import save_component, write_bundle_config
-
         if sm.ctc_head is not None:
             save_component(bundle_dir, "ctc", sm.ctc_head.state_dict())
         if sm.token_ctc is not None:  # training aid only (blank + scale), for the next stage to go on with
@@ -328,8 +324,6 @@ def _run(config: dict, resume: bool, stage: str) -> int:
 def _copy_components(src: Bundle, dst: str | Path) -> None:
     """Start the exported bundle from the input bundle's files (encoder, CTC head...) and config."""
     import shutil
-
-    from freeze_omni.bundle import write_bundle_config
 
     dst = Path(dst)
     if (dst / "bundle.yaml").is_file():

@@ -23,6 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from freeze_omni.encoder.ctc import greedy_decode
+
+
+def distance_logits(audio: torch.Tensor, vocab: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+    """``-scale · ‖a - e_k‖²`` for adapter outputs ``audio [..., T, H]`` against ``vocab [V, H]`` -> ``[..., T, V]``."""
+    d2 = audio.pow(2).sum(-1, keepdim=True) - 2 * audio @ vocab.T + vocab.pow(2).sum(-1)
+    return -scale * d2
+
 
 class TokenCTC(nn.Module):
     def __init__(self, table: torch.Tensor, negatives: int = 2048, init_scale: Optional[float] = None) -> None:
@@ -58,28 +66,22 @@ class TokenCTC(nn.Module):
             ids = torch.unique(torch.cat([ids, neg]))
         vocab = torch.cat([self.blank[None].to(self.table.dtype), self.table[ids.to(self.table.device)]]).float()
         a = audio[keep].float()  # [B', T, H]
-        d2 = (a.pow(2).sum(-1, keepdim=True) - 2 * a @ vocab.T + vocab.pow(2).sum(-1)[None, None])
-        logp = F.log_softmax(-self.log_scale.exp() * d2, dim=-1)  # [B', T, V'+1]
+        logp = F.log_softmax(distance_logits(a, vocab, self.log_scale.exp()), dim=-1)  # [B', T, V'+1]
         where = {int(v): j + 1 for j, v in enumerate(ids.tolist())}
         tgt = [[where[i] for i in targets[k]] for k in keep]
         lens = lengths[keep].to(torch.long)
         loss = F.ctc_loss(logp.transpose(0, 1), torch.tensor([i for t in tgt for i in t], dtype=torch.long), lens,
                           torch.tensor([len(t) for t in tgt]), blank=0, reduction="mean", zero_infinity=True)
         with torch.no_grad():
-            acc = _greedy_overlap(logp.argmax(-1), lens, tgt)
+            acc = _greedy_overlap(greedy_decode(logp, lens), tgt)
         return loss, acc
 
 
-def _greedy_overlap(pred: torch.Tensor, lens: torch.Tensor, tgt: list[list[int]]) -> torch.Tensor:
+def _greedy_overlap(greedy: list[list[int]], tgt: list[list[int]]) -> torch.Tensor:
     """Share of target tokens found, in order-free bag terms, in the greedy CTC output (a cheap progress signal)."""
     hit = total = 0
-    for p, n, t in zip(pred.tolist(), lens.tolist(), tgt):
-        out, prev = [], 0
-        for v in p[:n]:
-            if v != prev and v != 0:
-                out.append(v)
-            prev = v
-        bag = {}
+    for out, t in zip(greedy, tgt):
+        bag: dict[int, int] = {}
         for v in out:
             bag[v] = bag.get(v, 0) + 1
         for v in t:
