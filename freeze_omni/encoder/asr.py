@@ -1,7 +1,13 @@
-"""Streaming speech recognition with the encoder and its CTC head (stage 1), chunk by chunk as the server does."""
+"""Streaming speech recognition with the encoder and its CTC head (stage 1), chunk by chunk as the server does.
+
+With a second pass (:class:`SecondPass`, ``--decoder whisper``), the CTC head still gives the live partial
+transcript, and when the utterance ends Whisper's pretrained text decoder reads the encoder states streamed so
+far and writes the final one (nothing is re-encoded).
+"""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -24,33 +30,69 @@ class RecognizerStream:
     cache: EncoderCache
     ctc: GreedyCTCState | BeamCTCState = field(default_factory=GreedyCTCState)
     pending: np.ndarray = field(default_factory=lambda: np.zeros((0, 80), dtype=np.float32))
+    states: list = field(default_factory=list)  # encoder outputs, kept for a second pass
+    final_text: Optional[str] = None  # the second pass's transcript, once the stream is finished
+
+
+class SecondPass:
+    """Whisper's frozen text decoder over an utterance's encoder states ``[1, T, D]`` (beam search, no timestamps).
+
+    Utterances longer than Whisper's 30 s window get no second pass (``None``: the CTC transcript stands)."""
+
+    def __init__(self, decoder, tokenizer, beam: int = 5) -> None:
+        self.decoder, self.tokenizer, self.beam = decoder, tokenizer, beam
+
+    @classmethod
+    def load(cls, name: str = "tiny.en", beam: int = 5) -> "SecondPass":
+        from freeze_omni.encoder.whisper_decoder import load_whisper_decoder
+
+        return cls(*load_whisper_decoder(name), beam=beam)
+
+    def __call__(self, states: torch.Tensor) -> Optional[str]:
+        from freeze_omni.encoder.whisper_decoder import WINDOW_FRAMES
+
+        if states.shape[1] == 0 or states.shape[1] > WINDOW_FRAMES:
+            return None
+        t = self.tokenizer
+        return t.decode(self.decoder.beam_search(states, t.prompt, t.eot, self.beam, suppress=t.special))
 
 
 class SpeechRecognizer:
     """Encoder + CTC head + tokenizer, decoding greedily or by prefix beam search with an optional word LM."""
 
     def __init__(self, encoder: SpeechEncoder, head: CTCHead, tokenizer: CharTokenizer,
-                 lm: Optional[NgramLM] = None, beam: Optional[BeamSettings] = None) -> None:
+                 lm: Optional[NgramLM] = None, beam: Optional[BeamSettings] = None,
+                 second_pass: Optional[SecondPass] = None) -> None:
         self.encoder, self.head, self.tokenizer = encoder.eval(), head.eval(), tokenizer
-        self.lm, self.beam = lm, beam
+        self.lm, self.beam, self.second_pass = lm, beam, second_pass
+        self.final_seconds: Optional[float] = None  # how long the last stream's final call took (end of audio ->
+        # final transcript: the last partial chunk, CTC finalisation and the second pass)
 
     @classmethod
     def from_bundle(cls, path: str, decoder: str = "auto") -> "SpeechRecognizer":
-        """``decoder``: ``greedy``, ``beam`` (with the bundle's LM when it has one) or ``auto`` (beam + LM when
-        the bundle has an ``lm`` component, else greedy)."""
-        if decoder not in ("auto", "greedy", "beam"):
-            raise ValueError(f"unknown CTC decoder {decoder!r} (greedy, beam, auto)")
+        """``decoder``: ``greedy``, ``beam`` (with the bundle's LM when it has one), ``whisper`` (greedy CTC
+        partials, then Whisper's text decoder over the streamed states: ``asr.second_pass`` of the bundle, default
+        ``whisper:tiny.en``) or ``auto`` (the bundle's second pass when it names one, else beam + LM when the
+        bundle has an ``lm`` component, else greedy)."""
+        if decoder not in ("auto", "greedy", "beam", "whisper"):
+            raise ValueError(f"unknown decoder {decoder!r} (greedy, beam, whisper, auto)")
         b = Bundle(path)
         ctc_cfg = b.config.get("ctc", {})
         tok = CharTokenizer(ctc_cfg.get("chars", CharTokenizer().chars))
         enc = b.load_encoder()
         head = CTCHead(enc.output_dim, tok.vocab_size)
         head.load_state_dict(b.tensors("ctc"))
-        lm, beam = None, None
-        if decoder == "beam" or (decoder == "auto" and b.has("lm")):
+        lm, beam, second = None, None, None
+        named = b.config.get("asr", {}).get("second_pass")
+        if decoder == "whisper" or (decoder == "auto" and named):
+            kind, _, name = (named or "whisper:tiny.en").partition(":")
+            if kind != "whisper":
+                raise ValueError(f"{path}: unknown second pass {named!r} (whisper:tiny.en)")
+            second = SecondPass.load(name, int(b.config.get("asr", {}).get("beam", 5)))
+        elif decoder == "beam" or (decoder == "auto" and b.has("lm")):
             lm = NgramLM.load(b.file("lm")) if b.has("lm") else None
             beam = BeamSettings(**ctc_cfg.get("beam", {}))
-        return cls(enc, head, tok, lm, beam)
+        return cls(enc, head, tok, lm, beam, second)
 
     def new_decoder(self) -> GreedyCTCState | BeamCTCState:
         return new_ctc_decoder(self.tokenizer.chars, self.lm, self.beam)
@@ -66,6 +108,7 @@ class SpeechRecognizer:
     @torch.inference_mode()
     def accept(self, stream: RecognizerStream, samples: np.ndarray, final: bool = False) -> str:
         """Feed 16 kHz samples; returns the text newly recognised. ``final=True`` flushes a partial chunk."""
+        t0 = time.perf_counter()
         feats = np.concatenate([stream.pending, stream.frontend.accept(samples)])
         step, sub = self.encoder.cfg.chunk_frames, self.encoder.cfg.subsampling_rate
         n_full = feats.shape[0] // step * step
@@ -75,13 +118,19 @@ class SpeechRecognizer:
             chunk = torch.from_numpy(feats[s:min(s + step, take)])[None]
             out, stream.cache = self.encoder.forward_chunk(chunk, stream.cache)
             new_ids += stream.ctc.update(self.head(out)[0])
+            if self.second_pass is not None:
+                stream.states.append(out)
         stream.pending = feats[take:] if not final else feats[:0]
         if final:
             stream.ctc.finalize()
+            if self.second_pass is not None and stream.states:
+                stream.final_text = self.second_pass(torch.cat(stream.states, dim=1))
+            self.final_seconds = time.perf_counter() - t0
         return self.tokenizer.decode(new_ids) if new_ids else ""
 
     def text(self, stream: RecognizerStream) -> str:
-        return self.tokenizer.decode(stream.ctc.ids)
+        """The transcript so far: the second pass's once the stream is finished, else the CTC one."""
+        return stream.final_text if stream.final_text is not None else self.tokenizer.decode(stream.ctc.ids)
 
     # -- whole files -----------------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -102,6 +151,10 @@ class SpeechRecognizer:
             raise ValueError(f"unknown mode {mode!r}")
         feats = torch.from_numpy(extract(wave, self.frontend_kind))[None]
         out, lens = self.encoder(feats, torch.tensor([feats.shape[1]]), chunk_size=None)
+        states = out[:, : int(lens[0])]
+        text = self.second_pass(states) if self.second_pass is not None else None
+        if text is not None:
+            return text
         st = self.new_decoder()
-        st.update(self.head(out)[0, : int(lens[0])])
+        st.update(self.head(states)[0])
         return self.tokenizer.decode(st.finalize())

@@ -1,4 +1,4 @@
-"""`freeze-omni transcribe AUDIO`: CTC transcript from the streaming encoder."""
+"""`freeze-omni transcribe AUDIO`: transcript from the streaming encoder (CTC, and Whisper's decoder as a second pass)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from freeze_omni.cli import add_common, emit
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = add_common(sub.add_parser("transcribe", help="CTC transcript of an audio file from the streaming encoder"))
+    p = add_common(sub.add_parser("transcribe", help="transcript of an audio file from the streaming encoder (CTC; second pass when the bundle has one)"))
     p.add_argument("audio", help="audio file (any rate/channels; resampled to 16 kHz mono)")
     p.add_argument("--full-attention", action="store_true",
                    help="run the encoder over the whole utterance instead of 160 ms chunks")
@@ -21,10 +21,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def add_decoder_arg(p: argparse.ArgumentParser, llm: bool = False) -> None:
     """``--decoder``; ``llm``: also ``llm`` (the frozen LLM writes the transcript through the bridge, stage 2's
     task) and ``adapter`` (the adapter's outputs read through the token CTC)."""
-    p.add_argument("--decoder", choices=("auto", "greedy", "beam") + (("llm", "adapter") if llm else ()),
+    p.add_argument("--decoder", choices=("auto", "greedy", "beam", "whisper") + (("llm", "adapter") if llm else ()),
                    default="auto",
-                   help="CTC decoding: greedy, prefix beam search (+ the bundle's word LM), or auto = beam + LM "
-                        "when the bundle has one (default: auto)" +
+                   help="CTC decoding: greedy, prefix beam search (+ the bundle's word LM); whisper: greedy CTC "
+                        "partials, then Whisper's pretrained text decoder over the streamed encoder states at the "
+                        "end (second pass); auto = the bundle's second pass if it names one, else beam + LM when "
+                        "the bundle has an LM (default: auto)" +
                         ("; llm: no CTC, the frozen LLM writes the transcript from the bridge (input stage 2's "
                          "task; streaming only); adapter: the adapter's outputs read as the LLM's tokens (bundles "
                          "trained with the token CTC)" if llm else ""))

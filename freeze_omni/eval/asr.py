@@ -1,4 +1,5 @@
-"""`freeze-omni eval asr`: WER/CER of the streaming encoder's CTC transcript, streaming and full attention."""
+"""`freeze-omni eval asr`: WER/CER of the streaming encoder's transcript (CTC, second pass, or through the bridge),
+streaming and full attention; ``final_ms_*``: from the end of the audio to the final transcript."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 from collections import defaultdict
 
 import jiwer
+import numpy as np
 from tqdm import tqdm
 
 from freeze_omni.audio.io import AudioError, load_audio
@@ -38,6 +40,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     refs: list[str] = []
     hyps: dict[str, list[str]] = {m: [] for m in modes}
     by_speaker: dict[str, list[int]] = defaultdict(list)
+    final_s: list[float] = []  # streaming: end of audio -> final transcript
     skipped = 0
     out = open(args.out, "w") if args.out else None
     for row in tqdm(rows, desc="eval asr", unit="utt"):
@@ -51,6 +54,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         for m in modes:
             item[m] = normalize_text(rec.transcribe(wave, mode=m))
             hyps[m].append(item[m])
+            if m == "streaming" and getattr(rec, "final_seconds", None) is not None:
+                final_s.append(rec.final_seconds)
         by_speaker[str(row.get("speaker"))].append(len(refs))
         refs.append(ref)
         if out:
@@ -58,6 +63,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     if out:
         out.close()
     result: dict = {"n": len(refs), "skipped": skipped, "decoder": decoder if decoder in ("llm", "adapter") else
+                    "whisper" if rec.second_pass is not None else
                     "greedy" if rec.beam is None else ("beam+lm" if rec.lm is not None else "beam")}
     for m in modes:
         wer, cer = error_rates(refs, hyps[m])
@@ -65,6 +71,9 @@ def evaluate(args: argparse.Namespace) -> dict:
         result[f"wer{suffix}"], result[f"cer{suffix}"] = round(wer, 2), round(cer, 2)
     if len(modes) == 2 and result["wer_full"] > 0:
         result["streaming_cost"] = round(result["wer"] / result["wer_full"], 3)
+    if final_s:  # what the user waits for after the audio ends (the second pass, when there is one)
+        result["final_ms_p50"] = round(1000 * float(np.percentile(final_s, 50)), 1)
+        result["final_ms_p90"] = round(1000 * float(np.percentile(final_s, 90)), 1)
     result["per_speaker_wer"] = {
         spk: round(error_rates([refs[i] for i in idx], [hyps[modes[0]][i] for i in idx])[0], 2)
         for spk, idx in sorted(by_speaker.items())}

@@ -14,6 +14,8 @@ Config (YAML)::
                                                 # checkpoint exists)
     chunk_policy: {mode: dynamic, static_prob: 0.6, full_prob: 0.2, max_chunk: 25}
     distill: {weight: 10.0}                     # x mean (1 - cosine); 0 disables the teacher
+    whisper_decoder: {weight: 1.0, name: tiny.en}   # optional: x the frozen Whisper text decoder's transcript CE
+                                                # over the streamed states (freeze_omni.encoder.whisper_decoder)
     freeze: {front: false, layers: 0}           # keep the conv front / the first N blocks fixed
     data: {train: M.jsonl, eval: {seen: M1.jsonl, unseen: M2.jsonl}, eval_limit: 60, max_seconds: 15}
     augment: {p_speed: 0.5, ...}                # freeze_omni.data.augment.Augmenter fields
@@ -40,6 +42,7 @@ from freeze_omni.data.augment import Augmenter, spec_augment
 from freeze_omni.encoder.ctc import CharTokenizer, CTCHead
 from freeze_omni.encoder.encoder import SpeechEncoder
 from freeze_omni.encoder.masks import ChunkPolicy, pad_mask
+from freeze_omni.encoder.whisper_decoder import WhisperDecoder, WhisperTokenizer, load_whisper_decoder
 from freeze_omni.encoder.whisper_init import load_whisper_encoder
 
 log = logging.getLogger(__name__)
@@ -49,13 +52,18 @@ class CTCStage(nn.Module):
     """Student encoder + CTC head, with an optional frozen full-attention teacher for feature distillation."""
 
     def __init__(self, encoder: SpeechEncoder, head: CTCHead, policy: ChunkPolicy,
-                 teacher: Optional[SpeechEncoder] = None, distill_weight: float = 0.0) -> None:
+                 teacher: Optional[SpeechEncoder] = None, distill_weight: float = 0.0,
+                 text_decoder: Optional[WhisperDecoder] = None, decoder_weight: float = 0.0,
+                 prompt_len: int = 2) -> None:
         super().__init__()
         self.encoder, self.head, self.policy = encoder, head, policy
         self.teacher = teacher
         if teacher is not None:
             teacher.eval().requires_grad_(False)
         self.distill_weight = distill_weight
+        # frozen and large (its token table): kept out of the module tree, so out of checkpoints and optimiser
+        self._text_decoder = (text_decoder,)
+        self.decoder_weight, self.prompt_len = decoder_weight, prompt_len
 
     def train(self, mode: bool = True) -> "CTCStage":
         super().train(mode)
@@ -83,6 +91,12 @@ class CTCStage(nn.Module):
             distill = ((1.0 - cos) * valid).sum() / valid.sum().clamp(min=1.0)
             losses["distill"] = distill
             loss = loss + self.distill_weight * distill
+        # 4. The frozen Whisper text decoder reading the streamed states (second-pass transcript).
+        dec = self._text_decoder[0]
+        if dec is not None and self.decoder_weight > 0 and "text_tokens" in batch:
+            text_ce = dec.loss(out, out_len, batch["text_tokens"], self.prompt_len)
+            losses["text_ce"] = text_ce
+            loss = loss + self.decoder_weight * text_ce
         losses["loss"] = loss
         losses["full_attention"] = torch.tensor(float(chunk is None))
         return losses
@@ -93,13 +107,15 @@ class CTCCollate:
     trainer's RNG restore makes resumed runs identical)."""
 
     def __init__(self, tokenizer: CharTokenizer, frontend: str, augmenter: Optional[Augmenter],
-                 spec_aug: Optional[dict], max_seconds: Optional[float] = None) -> None:
+                 spec_aug: Optional[dict], max_seconds: Optional[float] = None,
+                 text_tokenizer: Optional[WhisperTokenizer] = None) -> None:
         self.tok, self.frontend, self.aug, self.spec_aug = tokenizer, frontend, augmenter, spec_aug
+        self.text_tok = text_tokenizer  # Whisper's BPE: targets of the text decoder
         self.max_samples = int(max_seconds * 16000) if max_seconds else None
 
     def __call__(self, items: list[dict]) -> Optional[dict[str, Any]]:
         rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
-        feats, feats_aug, targets, seconds = [], [], [], 0.0
+        feats, feats_aug, targets, texts, seconds = [], [], [], [], 0.0
         for it in items:
             wave = it["wave"]
             if self.max_samples and len(wave) > self.max_samples:
@@ -116,10 +132,13 @@ class CTCCollate:
             feats.append(torch.from_numpy(f))
             feats_aug.append(torch.from_numpy(np.ascontiguousarray(fa)))
             targets.append(torch.tensor(ids, dtype=torch.long))
+            if self.text_tok is not None:
+                texts.append(torch.tensor(self.text_tok.targets(it["text"]), dtype=torch.long))
             seconds += len(wave) / 16000
         if not feats:
             return None
-        return {
+        extra = {"text_tokens": nn.utils.rnn.pad_sequence(texts, batch_first=True, padding_value=-100)} if texts else {}
+        return {**extra,
             "feats": nn.utils.rnn.pad_sequence(feats, batch_first=True),
             "feats_aug": nn.utils.rnn.pad_sequence(feats_aug, batch_first=True),
             "feat_lens": torch.tensor([f.shape[0] for f in feats]),
@@ -141,8 +160,10 @@ def build_encoder(spec: dict) -> SpeechEncoder:
     return load_whisper_encoder(name, **spec)
 
 
-def export_bundle(stage: CTCStage, tokenizer: CharTokenizer, bundle_dir: str | Path) -> None:
-    """Write the student encoder + CTC head into a model bundle (fp16 safetensors + bundle.yaml)."""
+def export_bundle(stage: CTCStage, tokenizer: CharTokenizer, bundle_dir: str | Path,
+                  second_pass: Optional[str] = None) -> None:
+    """Write the student encoder + CTC head into a model bundle (fp16 safetensors + bundle.yaml); ``second_pass``
+    (e.g. ``whisper:tiny.en``, when the encoder was trained for it) becomes the bundle's ``asr.second_pass``."""
     enc_file = save_component(bundle_dir, "encoder", stage.encoder.state_dict())
     ctc_file = save_component(bundle_dir, "ctc", stage.head.state_dict())
     cfg = dataclasses.replace(stage.encoder.cfg, dropout=0.0, attention_dropout=0.0)
@@ -152,14 +173,16 @@ def export_bundle(stage: CTCStage, tokenizer: CharTokenizer, bundle_dir: str | P
         "encoder": encoder_config_dict(cfg),
         "ctc": {"chars": tokenizer.chars},
         "components": {"encoder": enc_file, "ctc": ctc_file},
+        **({"asr": {"second_pass": second_pass, "beam": 5}} if second_pass else {}),
     })
 
 
-def _make_eval_fn(eval_sets: dict[str, str], limit: int, tokenizer: CharTokenizer):
+def _make_eval_fn(eval_sets: dict[str, str], limit: int, tokenizer: CharTokenizer,
+                  text_decoder: Optional[WhisperDecoder] = None, text_tok: Optional[WhisperTokenizer] = None):
     from freeze_omni.audio.io import AudioError, load_audio
     from freeze_omni.data.manifest import read_manifest
     from freeze_omni.data.text import normalize_text
-    from freeze_omni.encoder.asr import SpeechRecognizer
+    from freeze_omni.encoder.asr import SecondPass, SpeechRecognizer
     from freeze_omni.eval.asr import error_rates
 
     sets = {}
@@ -174,10 +197,15 @@ def _make_eval_fn(eval_sets: dict[str, str], limit: int, tokenizer: CharTokenize
 
     def eval_fn(model: CTCStage, step: int) -> dict[str, float]:
         rec = SpeechRecognizer(model.encoder, model.head, tokenizer)
+        second = SecondPass(text_decoder, text_tok, beam=1) if text_decoder is not None else None  # greedy: quick
+        rec2 = SpeechRecognizer(model.encoder, model.head, tokenizer, second_pass=second) if second else None
         out = {}
         for name, rows in sets.items():
-            hyps = [rec.transcribe(w, "streaming") for w, _ in rows]
-            out[f"wer_{name}"] = error_rates([r for _, r in rows], hyps)[0]
+            refs = [r for _, r in rows]
+            out[f"wer_{name}"] = error_rates(refs, [rec.transcribe(w, "streaming") for w, _ in rows])[0]
+            if rec2 is not None:
+                hyps = [normalize_text(rec2.transcribe(w, "streaming")) for w, _ in rows]
+                out[f"wer2_{name}"] = error_rates(refs, hyps)[0]
         return out
 
     return eval_fn
@@ -208,17 +236,23 @@ def run(config: dict, resume: bool) -> int:
         encoder.front.requires_grad_(False)
     for layer in list(encoder.encoders)[: int(freeze.get("layers", 0))]:
         layer.requires_grad_(False)
-    stage = CTCStage(encoder, head, pol, teacher, distill)
+    wd = config.get("whisper_decoder") or {}
+    text_decoder, text_tok = (load_whisper_decoder(wd.get("name", "tiny.en")) if float(wd.get("weight", 0)) > 0
+                              else (None, None))
+    stage = CTCStage(encoder, head, pol, teacher, distill, text_decoder, float(wd.get("weight", 0.0)),
+                     len(text_tok.prompt) if text_tok else 2)
 
     data = config["data"]
     dataset = SpeechDataset(data["train"], max_duration=data.get("max_seconds"))
     aug = Augmenter(**config["augment"]) if config.get("augment") else None
-    collate = CTCCollate(tok, encoder.cfg.frontend, aug, config.get("spec_augment"), data.get("max_seconds"))
-    eval_fn = _make_eval_fn(data.get("eval", {}), int(data.get("eval_limit", 60)), tok) if data.get("eval") else None
+    collate = CTCCollate(tok, encoder.cfg.frontend, aug, config.get("spec_augment"), data.get("max_seconds"),
+                         text_tok)
+    eval_fn = (_make_eval_fn(data.get("eval", {}), int(data.get("eval_limit", 60)), tok, text_decoder, text_tok)
+               if data.get("eval") else None)
     bundle_dir = config.get("export", {}).get("bundle", str(Path(tcfg.out_dir) / "bundle"))
 
     def on_checkpoint(path: str, step: int) -> None:
-        export_bundle(stage, tok, bundle_dir)
+        export_bundle(stage, tok, bundle_dir, f"whisper:{wd.get('name', 'tiny.en')}" if text_decoder else None)
 
     trainer = Trainer(stage, tcfg, dataset, collate,
                       eval_fn=eval_fn, on_checkpoint=on_checkpoint)

@@ -98,6 +98,14 @@ if [ $stage -le 9 ] && [ $stop_stage -ge 9 ]; then
   log "Stage 9: ship the encoder and the bridge into models/tiny-en"
   ship $E/qa/bundle "encoder ctc bridge" "llm"
   add_lm models/tiny-en  # the stage-2 encoder came with its own CTC head; the LM settings go back on top
+  log "Stage 9: the encoder learns states Whisper's text decoder reads (transcribe's second pass); the adapter follows"
+  $FO train ctc --config recipes/tiny-en/conf/ctc_decoder.yaml --set init_bundle=models/tiny-en --resume
+  ship $E/ctc_dec/bundle "encoder ctc" "asr"
+  $FO train qa --config recipes/tiny-en/conf/qa.yaml --set init_bundle=models/tiny-en --set train_adapter=true \
+      --set train.max_steps=200 --set train.lr=5e-4 --set data.state2_frac=0.3 --set train.out_dir=$E/qa_readapt \
+      --set export.bundle=$E/qa_readapt/bundle --resume
+  ship $E/qa_readapt/bundle "encoder ctc bridge" "llm asr"
+  add_lm models/tiny-en
 fi
 
 # ---------------------------------------------------------------------------------------------------------------
