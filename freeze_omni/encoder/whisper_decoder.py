@@ -96,8 +96,8 @@ class WhisperDecoder(nn.Module):
         silence."""
         n = min(states.shape[1], WINDOW_FRAMES)
         speech = pad_mask_frames(lengths.clamp(max=n), WINDOW_FRAMES).to(states.device)[..., None]
-        if self._silence_kv is None:
-            with torch.no_grad():
+        if self._silence_kv is None:  # normal tensors even when first asked under inference mode (training uses them)
+            with torch.inference_mode(False), torch.no_grad():
                 self._silence_kv = [blk.cross_kv(self.silence)[None] for blk in self.blocks]  # [1, 1500, 2D]
         out = []
         for blk, sil in zip(self.blocks, self._silence_kv):

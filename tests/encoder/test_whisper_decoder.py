@@ -120,3 +120,14 @@ def test_loop_start():
     assert loop_start([5, 6, 7, 8]) is None
     assert loop_start([1, 9, 9, 9]) == 2  # keeps one "9"
     assert loop_start([1, 2, 3, 4, 3, 4, 3, 4]) == 4  # keeps one "3 4"
+
+
+def test_decoding_first_then_training_still_has_gradients():
+    """The silent window's keys/values are cached on first use; a decode under inference mode must not leave
+    inference tensors that a later training step cannot save for backward."""
+    dec = WhisperDecoder(vocab=16, d=32, heads=2, layers=1, max_tokens=32).requires_grad_(False)
+    states = torch.randn(1, 10, 32)
+    dec.greedy(states, [1, 2], eot=0, max_tokens=3)
+    trainable = torch.randn(1, 10, 32, requires_grad=True)
+    dec.loss(trainable, torch.tensor([10]), torch.tensor([[1, 2, 5, 6, 0]]), 2).backward()
+    assert trainable.grad is not None and trainable.grad.abs().sum() > 0
