@@ -20,6 +20,7 @@ from freeze_omni.encoder.ctc import (BeamCTCState, BeamSettings, CharTokenizer, 
                                      new_ctc_decoder)
 from freeze_omni.encoder.encoder import EncoderCache, SpeechEncoder
 from freeze_omni.encoder.lm import NgramLM
+from freeze_omni.encoder.whisper_decoder import BEAM, WINDOW_FRAMES
 
 
 @dataclass
@@ -39,18 +40,16 @@ class SecondPass:
 
     Utterances longer than Whisper's 30 s window get no second pass (``None``: the CTC transcript stands)."""
 
-    def __init__(self, decoder, tokenizer, beam: int = 5) -> None:
+    def __init__(self, decoder, tokenizer, beam: int = BEAM) -> None:
         self.decoder, self.tokenizer, self.beam = decoder, tokenizer, beam
 
     @classmethod
-    def load(cls, name: str = "tiny.en", beam: int = 5) -> "SecondPass":
+    def load(cls, name: str = "tiny.en", beam: int = BEAM) -> "SecondPass":
         from freeze_omni.encoder.whisper_decoder import load_whisper_decoder
 
         return cls(*load_whisper_decoder(name), beam=beam)
 
     def __call__(self, states: torch.Tensor) -> Optional[str]:
-        from freeze_omni.encoder.whisper_decoder import WINDOW_FRAMES
-
         if states.shape[1] == 0 or states.shape[1] > WINDOW_FRAMES:
             return None
         t = self.tokenizer
@@ -83,12 +82,13 @@ class SpeechRecognizer:
         head = CTCHead(enc.output_dim, tok.vocab_size)
         head.load_state_dict(b.tensors("ctc"))
         lm, beam, second = None, None, None
-        named = b.config.get("asr", {}).get("second_pass")
+        asr = b.config.get("asr", {})
+        named = asr.get("second_pass")
         if decoder == "whisper" or (decoder == "auto" and named):
             kind, _, name = (named or "whisper:tiny.en").partition(":")
             if kind != "whisper":
                 raise ValueError(f"{path}: unknown second pass {named!r} (whisper:tiny.en)")
-            second = SecondPass.load(name, int(b.config.get("asr", {}).get("beam", 5)))
+            second = SecondPass.load(name, int(asr.get("beam", BEAM)))
         elif decoder == "beam" or (decoder == "auto" and b.has("lm")):
             lm = NgramLM.load(b.file("lm")) if b.has("lm") else None
             beam = BeamSettings(**ctc_cfg.get("beam", {}))

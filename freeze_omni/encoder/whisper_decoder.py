@@ -31,9 +31,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from freeze_omni.encoder.ct2 import read_ct2, whisper_model_dir
+from freeze_omni.encoder.masks import pad_mask
 
 WINDOW_FRAMES = 1500  # encoder states of a 30 s window
 SILENT_LOG_MEL = -1.5  # Whisper's normalised log-mel of digital silence: (log10(1e-10) + 4) / 4
+BEAM = 5  # the second pass's beam (faster-whisper's default); bundles may set asr.beam
 
 
 class _Block(nn.Module):
@@ -95,7 +97,7 @@ class WhisperDecoder(nn.Module):
         """Per block, cross-attention keys and values ``[B, h, 1500, D/h]`` of the speech states followed by
         silence."""
         n = min(states.shape[1], WINDOW_FRAMES)
-        speech = pad_mask_frames(lengths.clamp(max=n), WINDOW_FRAMES).to(states.device)[..., None]
+        speech = pad_mask(lengths.clamp(max=n).to(states.device), WINDOW_FRAMES)[..., None]
         if self._silence_kv is None:  # normal tensors even when first asked under inference mode (training uses them)
             with torch.inference_mode(False), torch.no_grad():
                 self._silence_kv = [blk.cross_kv(self.silence)[None] for blk in self.blocks]  # [1, 1500, 2D]
@@ -150,7 +152,7 @@ class WhisperDecoder(nn.Module):
 
 
     @torch.inference_mode()
-    def beam_search(self, states: torch.Tensor, prompt: Sequence[int], eot: int, beam: int = 5,
+    def beam_search(self, states: torch.Tensor, prompt: Sequence[int], eot: int, beam: int = BEAM,
                     max_tokens: int = 128, suppress: Sequence[int] = ()) -> list[int]:
         """Beam search for one utterance (``states [1, T, D]``); hypotheses are ranked by mean log-probability per
         token (the end included). A hypothesis that starts looping (:func:`loop_start`) ends there."""
@@ -202,11 +204,6 @@ def loop_start(ids: list[int], times: int = 3, longest: int = 8) -> Optional[int
         if all(tail[i] == tail[i % n] for i in range(len(tail))):
             return len(ids) - n * (times - 1)
     return None
-
-
-def pad_mask_frames(lengths: torch.Tensor, total: int) -> torch.Tensor:
-    """``[B, total]`` True on each row's first ``lengths[b]`` frames."""
-    return torch.arange(total)[None] < lengths[:, None]
 
 
 class WhisperTokenizer:

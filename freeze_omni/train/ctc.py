@@ -42,7 +42,7 @@ from freeze_omni.data.augment import Augmenter, spec_augment
 from freeze_omni.encoder.ctc import CharTokenizer, CTCHead
 from freeze_omni.encoder.encoder import SpeechEncoder
 from freeze_omni.encoder.masks import ChunkPolicy, pad_mask
-from freeze_omni.encoder.whisper_decoder import WhisperDecoder, WhisperTokenizer, load_whisper_decoder
+from freeze_omni.encoder.whisper_decoder import BEAM, WhisperDecoder, WhisperTokenizer, load_whisper_decoder
 from freeze_omni.encoder.whisper_init import load_whisper_encoder
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ def export_bundle(stage: CTCStage, tokenizer: CharTokenizer, bundle_dir: str | P
         "encoder": encoder_config_dict(cfg),
         "ctc": {"chars": tokenizer.chars},
         "components": {"encoder": enc_file, "ctc": ctc_file},
-        **({"asr": {"second_pass": second_pass, "beam": 5}} if second_pass else {}),
+        **({"asr": {"second_pass": second_pass, "beam": BEAM}} if second_pass else {}),
     })
 
 
