@@ -4,7 +4,8 @@ Per segment (``reference/freeze_omni_facts.md`` §1.7, inference algorithm), wit
 
 1. prefix decoder over the LLM hidden states -> K/V prefix of the shared layers (when the decoder has one and
    hidden states are given);
-2. pre-network over the LLM input embeddings of the (normalised, re-tokenised) segment text;
+2. pre-network over the LLM input embeddings of the (normalised, re-tokenised) segment text, or over its phonemes
+   (``decoder.text_input: phonemes``, :mod:`freeze_omni.decoder.phonemes`);
 3. one bidirectional pass of the shared layers over ``[BOS + semantic]``, appending to the cache;
 4. AR loop from SOS: top-k sampling (k = 2 upstream, no temperature) until EOS or a length limit that grows with
    the text length.
@@ -96,7 +97,8 @@ class SpeechGenerator:
     Args:
         decoder: the trained decoder; must be in eval mode.
         llm: anything with ``tokenize(text) -> list[int]`` and ``embed(ids [1, L]) -> [1, L, H]`` (a
-            :class:`freeze_omni.llm.backbone.FrozenLLM`); needed only by the text-level calls.
+            :class:`freeze_omni.llm.backbone.FrozenLLM`); needed only by the text-level calls of a decoder that
+            reads LLM embeddings (not by one that reads phonemes).
         cfg: sampling and length settings.
         seed: seed of the sampling generator (same seed, same inputs -> same tokens).
     """
@@ -106,18 +108,20 @@ class SpeechGenerator:
         self.decoder, self.llm, self.cfg = decoder, llm, cfg or GenerationConfig()
         self.device = decoder.embedding.weight.device
         self.rng = torch.Generator(device=self.device).manual_seed(seed)
+        self._phonemizer = None
 
     def reseed(self, seed: int) -> None:
         self.rng.manual_seed(seed)
 
     # ------------------------------------------------------------------------------------ state machine
     @torch.no_grad()
-    def start(self, text_embeds: torch.Tensor, hidden: torch.Tensor | None = None,
+    def start(self, text: torch.Tensor, hidden: torch.Tensor | None = None,
               max_tokens: int | None = None) -> DecoderState:
         """Steps 1-3 and the SOS feed: a state whose ``logits`` predict the first code.
 
         Args:
-            text_embeds: ``[L, H]`` (or ``[1, L, H]``) LLM input embeddings of the segment text.
+            text: the segment text as the decoder reads it (:meth:`text_inputs`): ``[L, H]`` (or ``[1, L, H]``)
+                LLM input embeddings, or ``[L]`` (or ``[1, L]``) phoneme ids.
             hidden: ``[N, H]`` LLM final hidden states of the segment's tokens, or None (no prefix). Ignored when
                 the decoder has no prefix decoder.
             max_tokens: this segment's token limit (default ``cfg.max_tokens``).
@@ -125,7 +129,8 @@ class SpeechGenerator:
         dec = self.decoder
         assert not dec.training, "SpeechGenerator needs the decoder in eval mode (decoder.eval())"
         dev = self.device
-        emb = text_embeds if text_embeds.dim() == 3 else text_embeds.unsqueeze(0)
+        batched = 2 if dec.cfg.text_input == "phonemes" else 3
+        emb = text if text.dim() == batched else text.unsqueeze(0)
         cache = KVCache(len(dec.layers))
         P = 0
         if dec.cfg.use_prefix and hidden is not None and hidden.shape[-2] > 0:
@@ -180,8 +185,16 @@ class SpeechGenerator:
         return tok
 
     # ------------------------------------------------------------------------------------ text level
-    def text_embeds(self, text: str) -> torch.Tensor:
-        """``[1, L, H]`` LLM input embeddings of ``text`` (tokenized as training did: ``llm.tokenize(text)``)."""
+    def text_inputs(self, text: str) -> torch.Tensor:
+        """What :meth:`start` reads for ``text``: ``[1, L]`` phoneme ids, or ``[1, L, H]`` LLM input embeddings
+        (tokenized as training did: ``llm.tokenize(text)``)."""
+        cfg = self.decoder.cfg
+        if cfg.text_input == "phonemes":
+            if self._phonemizer is None:
+                from freeze_omni.decoder.phonemes import Phonemizer
+
+                self._phonemizer = Phonemizer(cfg.phoneme_voice, cfg.symbols)
+            return torch.tensor([self._phonemizer.ids(text)], dtype=torch.long)
         if self.llm is None:
             raise ValueError("SpeechGenerator needs an llm to embed text")
         ids = torch.tensor([self.llm.tokenize(text)], dtype=torch.long)
@@ -194,7 +207,7 @@ class SpeechGenerator:
             text: the segment text, already normalised for TTS (:func:`freeze_omni.decoder.segmenter.normalize_tts`).
             hidden: ``[N, H]`` LLM hidden states of the segment's tokens (prefix), or None.
         """
-        state = self.start(self.text_embeds(text), hidden, self.cfg.limit(text))
+        state = self.start(self.text_inputs(text), hidden, self.cfg.limit(text))
         while (tok := self.step(state)) is not None:
             yield tok
 

@@ -35,6 +35,7 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMS
 from freeze_omni.ragged import append_in_room, ragged_layers
 
 LLM_MAPS = ("split", "project")
+TEXT_INPUTS = ("llm", "phonemes")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 
 
@@ -58,10 +59,19 @@ class DecoderConfig:
     rms_norm_eps: float = 1e-6
     max_positions: int = 2048
     attn_implementation: str = "sdpa"  # masks are always explicit, so "sdpa" == "eager" (upstream) numerically
+    text_input: str = "llm"  # "llm": the LLM's token embeddings (upstream); "phonemes": espeak-ng IPA symbols
+    symbols: str = ""  # phoneme inventory after PAD/UNK (``phonemes.DEFAULT_SYMBOLS`` when empty)
+    phoneme_voice: str = "en-us"  # espeak-ng voice of the phonemizer
 
     def __post_init__(self) -> None:
         if self.llm_map not in LLM_MAPS:
             raise ValueError(f"llm_map must be one of {LLM_MAPS}, got {self.llm_map!r}")
+        if self.text_input not in TEXT_INPUTS:
+            raise ValueError(f"text_input must be one of {TEXT_INPUTS}, got {self.text_input!r}")
+        if self.text_input == "phonemes" and not self.symbols:
+            from freeze_omni.decoder.phonemes import DEFAULT_SYMBOLS
+
+            self.symbols = DEFAULT_SYMBOLS
         if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
             raise ValueError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}")
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
@@ -93,6 +103,13 @@ class DecoderConfig:
     @property
     def pad_id(self) -> int:
         return self.codebook_size + 3
+
+    @property
+    def n_symbols(self) -> int:
+        """Phoneme ids (PAD, UNK and the inventory); 0 with LLM text input."""
+        from freeze_omni.decoder.phonemes import N_SPECIAL
+
+        return len(self.symbols) + N_SPECIAL if self.text_input == "phonemes" else 0
 
     @property
     def split_factor(self) -> int:
@@ -261,8 +278,11 @@ class SpeechDecoder(nn.Module):
         if cfg.use_prefix:
             self.layers_prefix = nn.ModuleList(LlamaDecoderLayer(lcfg, i) for i in range(cfg.n_prefix))
             self.rotary_emb_prefix = LlamaRotaryEmbedding(lcfg)
+        if cfg.text_input == "phonemes":
+            self.symbol_embedding = nn.Embedding(cfg.n_symbols, cfg.d_model, padding_idx=0)
         if cfg.llm_map == "project":
-            self.input_proj = nn.Linear(cfg.llm_hidden, cfg.d_model)
+            if cfg.text_input == "llm":
+                self.input_proj = nn.Linear(cfg.llm_hidden, cfg.d_model)
             if cfg.use_prefix:
                 self.prefix_proj = nn.Linear(cfg.llm_hidden, cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -310,17 +330,24 @@ class SpeechDecoder(nn.Module):
         h = ragged_layers(self.layers, x, (cos[0], sin[0]), caches, [1] * len(caches))
         return self.out_fnn(self.norm(h))
 
-    def encode_text(self, text_embeds: torch.Tensor, text_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_text(self, text: torch.Tensor, text_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The semantic part: ``[BOS] + pre-net(map(text))``.
 
         Args:
-            text_embeds: ``[B, L, H]`` the LLM's input embeddings of the segment text (padded).
+            text: ``[B, L, H]`` the LLM's input embeddings of the segment text (padded), or with ``text_input:
+                phonemes`` ``[B, L]`` phoneme ids (:mod:`freeze_omni.decoder.phonemes`).
             text_lens: ``[B]`` real lengths.
 
         Returns:
-            ``sem [B, S, d]`` with ``S = 1 + L * k`` and ``sem_lens [B] = 1 + text_lens * k``.
+            ``sem [B, S, d]`` with ``S = 1 + L * k`` and ``sem_lens [B] = 1 + text_lens * k`` (``k = 1`` for
+            phonemes).
         """
-        x, lens = self.map_llm(text_embeds, text_lens, "text")
+        if self.cfg.text_input == "phonemes":
+            if text.dtype != torch.long or text.dim() != 2:
+                raise ValueError(f"this decoder reads phoneme ids [B, L] (long), got {tuple(text.shape)} {text.dtype}")
+            x, lens = self.symbol_embedding(text), text_lens
+        else:
+            x, lens = self.map_llm(text, text_lens, "text")
         x = self.dropout(x)
         if self.cfg.use_pre_nn and x.shape[1] > 0:
             B, L, _ = x.shape
@@ -377,7 +404,8 @@ class SpeechDecoder(nn.Module):
         """Teacher-forced logits at the code rows ``[SOS, c1..cN]`` and their targets ``[c1..cN, EOS]``.
 
         Args:
-            batch: ``text_embeds [B, L, H]``, ``text_lens [B]``, ``codes [B, N]`` (padded with PAD),
+            batch: ``text_embeds [B, L, H]`` (with ``text_input: phonemes``: ``text_ids [B, L]`` phoneme ids),
+                ``text_lens [B]``, ``codes [B, N]`` (padded with PAD),
                 ``code_lens [B]``, optionally ``prefix [B, Np, H]`` and ``prefix_lens [B]`` (used when the decoder
                 has a prefix decoder).
 
@@ -396,7 +424,8 @@ class SpeechDecoder(nn.Module):
             prefix_lens = self.encode_prefix(batch["prefix"], batch["prefix_lens"], cache)
             P = cache.length(0)
         # 2. Semantic part: BOS + pre-net over the text.
-        sem, sem_lens = self.encode_text(batch["text_embeds"], batch["text_lens"])
+        text = batch["text_ids"] if cfg.text_input == "phonemes" else batch["text_embeds"]
+        sem, sem_lens = self.encode_text(text, batch["text_lens"])
         S = sem.shape[1]
         # 3. Code part: SOS + codes in, codes + EOS out.
         pad = torch.full((B, 1), cfg.pad_id, dtype=torch.long, device=dev)

@@ -314,7 +314,7 @@ class AnswerStream:
             seg = self.pending.popleft()
             tts = sp.normalize(seg.text)
             hidden = seg.hidden if sp.needs_hidden else None
-            state = self.gen.start(self.gen.text_embeds(tts), hidden, self.gen.cfg.limit(tts))
+            state = self.gen.start(self.gen.text_inputs(tts), hidden, self.gen.cfg.limit(tts))
             self.current = _Speaking(seg, state)
             self.spoken.append(self.current)
             self._mark("decoder_prefill")

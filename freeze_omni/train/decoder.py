@@ -1,7 +1,8 @@
 """Output stages 2 (`freeze-omni train decoder`) and 3 (`freeze-omni train prefix`): the speech decoder.
 
 * ``decoder`` (stage 2): pre-network + shared NAR/AR layers (+ embedding, norm, output layer, text projection) learn
-  text -> codec tokens; the text is tokenised and embedded by the frozen LLM's own embedding table; no prefix.
+  text -> codec tokens; the text is tokenised and embedded by the frozen LLM's own embedding table (upstream), or,
+  with ``decoder: {text_input: phonemes}``, turned into espeak-ng phonemes with their own embedding; no prefix.
 * ``prefix`` (stage 3): only the NAR prefix decoder (+ its projection) trains, fed with the LLM final hidden states
   of answers the frozen LLM wrote, spoken in the assistant voice. Everything else is frozen and kept in eval mode,
   the shared input dropout included (the prefix layers keep their attention dropout); upstream leaves
@@ -82,6 +83,8 @@ class DecoderStage(nn.Module):
         return self
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        if self.decoder.cfg.text_input == "phonemes":  # text_ids are phoneme ids
+            return self.decoder(batch)
         with torch.no_grad():
             text_embeds = self.llm.embed(batch["text_ids"])  # [B, L, H], frozen table
         return self.decoder({**batch, "text_embeds": text_embeds})
@@ -232,10 +235,16 @@ def _run(config: dict, resume: bool, stage: str) -> int:
     extra = {"llm": fp_before, "system": system} if stage == "prefix" else None
     kind, text_key = ("prefix", "answer") if stage == "prefix" else ("codes", "text")
 
+    tokenize = llm.tokenize
+    if decoder.cfg.text_input == "phonemes":
+        from freeze_omni.decoder.phonemes import Phonemizer
+
+        tokenize = Phonemizer(decoder.cfg.phoneme_voice, decoder.cfg.symbols).ids
+
     def dataset(path: str, limit: Optional[int] = None) -> DecoderDataset:
         rows = read_manifest(path)[:limit]
         items = codec_items(rows, codec, path, kind, hidden_fn, extra)
-        return DecoderDataset(rows, items, llm.tokenize, text_key, max_codes)
+        return DecoderDataset(rows, items, tokenize, text_key, max_codes)
 
     train_set = dataset(data["train"])
     collate = DecoderCollate(decoder.cfg.pad_id, codec.frame_rate, use_hidden=stage == "prefix")

@@ -7,7 +7,8 @@ from freeze_omni.decoder.generator import GenerationConfig, SpeechGenerator, ans
 
 
 @pytest.mark.parametrize("kw", [dict(llm_map="project"), dict(llm_map="split", llm_hidden=64),
-                                dict(n_prefix=1), dict(use_pre_nn=False), dict(use_prefix=False)])
+                                dict(n_prefix=1), dict(use_pre_nn=False), dict(use_prefix=False),
+                                dict(text_input="phonemes")])
 def test_ar_with_cache_equals_teacher_forcing(make_decoder, kw):
     dec = make_decoder(**kw)
     H = dec.cfg.llm_hidden
@@ -16,12 +17,15 @@ def test_ar_with_cache_equals_teacher_forcing(make_decoder, kw):
     batch = {"text_embeds": torch.randn(2, 5, H, generator=g), "text_lens": torch.tensor([5, 3]),
              "codes": torch.randint(0, 16, (2, 9), generator=g), "code_lens": torch.tensor([9, 6]),
              "prefix": torch.randn(2, 4, H, generator=g), "prefix_lens": torch.tensor([2, 4])}
+    text_key = "text_embeds"
+    if dec.cfg.text_input == "phonemes":
+        text_key, batch["text_ids"] = "text_ids", torch.randint(2, dec.cfg.n_symbols, (2, 5), generator=g)
     with torch.no_grad():
         logits, targets = dec.compute_logits(batch)
     gen = SpeechGenerator(dec)
     for b in range(2):
         L, N, P = (int(batch[k][b]) for k in ("text_lens", "code_lens", "prefix_lens"))
-        state = gen.start(batch["text_embeds"][b, :L], batch["prefix"][b, :P])
+        state = gen.start(batch[text_key][b, :L], batch["prefix"][b, :P])
         rows = [state.logits]
         for c in batch["codes"][b, :N].tolist():
             rows.append(gen.feed(state, c))

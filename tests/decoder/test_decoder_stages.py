@@ -97,3 +97,24 @@ def test_what_each_stage_trains(make_decoder):
         assert not any(n.startswith("llm") for n, _ in model.named_parameters())
         model(batch)["loss"].backward()
         assert all(p.grad is not None for p in model.parameters() if p.requires_grad)  # none unused (DDP)
+
+
+def test_phoneme_decoder_trains_prefixes_and_speaks(tmp_path, disk_setup, capsys):
+    from freeze_omni.bundle import Bundle
+    from freeze_omni.decoder.model import SpeechDecoder
+    from freeze_omni.decoder.phonemes import DEFAULT_SYMBOLS
+
+    d = disk_setup
+    b2 = _train(tmp_path, d, "decoder", d / "codec", {"decoder": {**TINY, "text_input": "phonemes"}})
+    cfg = Bundle(b2).config["decoder"]
+    assert cfg["text_input"] == "phonemes" and cfg["symbols"] == DEFAULT_SYMBOLS  # the inventory travels along
+    dec2 = SpeechDecoder.from_bundle(b2)
+    assert not hasattr(dec2, "input_proj") and dec2.symbol_embedding.num_embeddings == len(DEFAULT_SYMBOLS) + 2
+    b3 = _train(tmp_path, d, "prefix", b2)  # the prefix decoder still reads the LLM's hidden states
+    dec3 = SpeechDecoder.from_bundle(b3)
+    assert torch.equal(dec2.symbol_embedding.weight, dec3.symbol_embedding.weight)
+    capsys.readouterr()
+    out = tmp_path / "phonemes.wav"
+    assert main(["speak", "Hello there, how are you?", "--out", str(out), "--model", str(b3), "--json"]) == 0
+    r = _last_json(capsys)
+    assert r["prefix"] is True and r["tokens"] > 0 and out.is_file()
