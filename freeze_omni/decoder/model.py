@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import LlamaConfig
-from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
+from transformers.models.llama.modeling_llama import (LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding,
+                                                      apply_rotary_pos_emb)
 
 from freeze_omni.ragged import append_in_room, ragged_layers
 
@@ -216,6 +217,69 @@ def additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return out.masked_fill(~mask, torch.finfo(dtype).min).unsqueeze(1)
 
 
+# ------------------------------------------------------------------------------------------ guided attention
+@dataclass
+class GuidedAttention:
+    """The guided-attention term of stage 2 (Tachibana et al. 2018, DC-TTS): the code rows of the first ``heads``
+    heads of shared layers ``layers`` are pushed to read the text near the diagonal; ``weight`` 0 disables it."""
+
+    weight: float = 0.0
+    sigma: float = 0.2
+    layers: tuple[int, ...] = (0, 1)
+    heads: int = 2
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "GuidedAttention | None":
+        if not d:
+            return None
+        g = cls(**{**d, "layers": tuple(d.get("layers", cls.layers))})
+        return g if g.weight > 0 else None
+
+
+def attention_probs(layer: nn.Module, x: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
+                    mask: torch.Tensor | None) -> torch.Tensor:
+    """The softmax attention of a Llama layer's self-attention over its own input positions: ``[B, heads, T, T]``
+    for ``x [B, T, d]`` (``mask``: the additive ``[B, 1, T, K]`` mask of the pass; its last ``T`` keys are these
+    positions). Recomputed from the layer's weights (the fused kernels do not return it); no dropout."""
+    attn = layer.self_attn
+    B, T, _ = x.shape
+    h = layer.input_layernorm(x)
+    q = attn.q_proj(h).view(B, T, -1, attn.head_dim).transpose(1, 2)
+    k = attn.k_proj(h).view(B, T, -1, attn.head_dim).transpose(1, 2)
+    q, k = apply_rotary_pos_emb(q, k, *position_embeddings)
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    scores = q @ k.transpose(-1, -2) * attn.scaling
+    if mask is not None:
+        scores = scores + mask[..., -T:]
+    return scores.float().softmax(-1)
+
+
+def guided_attention_loss(probs: torch.Tensor, sem_lens: torch.Tensor, code_rows: torch.Tensor, S: int,
+                          sigma: float = 0.2) -> torch.Tensor:
+    """How far from the diagonal the code rows read the text: the mean over real code rows and heads of
+    ``sum_n p(n) * (1 - exp(-(n / L - t / C)^2 / (2 sigma^2)))``, with ``p`` a row's attention over the ``L`` text
+    positions renormalised to sum to 1 (where else it looks is free), ``t / C`` the row's place among its ``C``
+    code rows. 0 when every row reads exactly its share of the text; at most 1.
+
+    Args:
+        probs: ``[B, h, S + C_pad, S + C_pad]`` attention over ``[BOS + text | SOS + codes]``.
+        sem_lens: ``[B]`` 1 + text length; ``code_rows``: ``[B]`` SOS + codes; ``S``: the padded semantic width.
+    """
+    p = probs[:, :, S:, 1:S]  # code rows -> text keys (BOS skipped)
+    B, _, C, L = p.shape
+    dev = p.device
+    text_len = (sem_lens - 1).clamp(min=1)
+    text = lengths_mask(sem_lens - 1, L)  # [B, L]
+    rows = lengths_mask(code_rows, C).float()  # [B, C]
+    p = p * text[:, None, None, :]
+    p = p / p.sum(-1, keepdim=True).clamp(min=1e-9)
+    n = (torch.arange(L, device=dev) + 0.5)[None, :] / text_len[:, None]  # [B, L]
+    t = (torch.arange(C, device=dev) + 0.5)[None, :] / code_rows.clamp(min=1)[:, None]  # [B, C]
+    w = 1.0 - torch.exp(-((n[:, None, :] - t[:, :, None]) ** 2) / (2.0 * sigma ** 2))  # [B, C, L]
+    per_row = (p * w[:, None]).sum(-1)  # [B, h, C]
+    return (per_row * rows[:, None]).sum() / (rows.sum() * p.shape[1]).clamp(min=1.0)
+
+
 # ----------------------------------------------------------------------------------------------------- cache
 class KVCache:
     """Per-layer keys/values of one decode (the prefix K/V first, then semantic and code positions).
@@ -309,11 +373,16 @@ class SpeechDecoder(nn.Module):
 
     @staticmethod
     def _run(layers: nn.ModuleList, rotary: nn.Module, x: torch.Tensor, positions: torch.Tensor,
-             masks: list[torch.Tensor | None], cache: KVCache | None = None) -> torch.Tensor:
+             masks: list[torch.Tensor | None], cache: KVCache | None = None,
+             capture: dict | None = None) -> torch.Tensor:
         """``x [B, T, d]`` through ``layers`` at ``positions [B, T]``; ``masks[i]`` is layer ``i``'s additive mask
-        ``[B, 1, T, K_i]`` (None: every key; only for ``T == 1``)."""
+        ``[B, 1, T, K_i]`` (None: every key; only for ``T == 1``). ``capture[i]`` receives layer ``i``'s attention
+        probabilities over this pass's own positions (:func:`attention_probs`) for each ``i`` in
+        ``capture["layers"]``."""
         pe = rotary(x, positions)
-        for layer, mask in zip(layers, masks):
+        for i, (layer, mask) in enumerate(zip(layers, masks)):
+            if capture is not None and i in capture["layers"]:
+                capture[i] = attention_probs(layer, x, pe, mask)
             x = layer(x, attention_mask=mask, position_ids=positions, cache=cache, use_cache=cache is not None,
                       position_embeddings=pe)
         return x
@@ -379,7 +448,7 @@ class SpeechDecoder(nn.Module):
         return lens
 
     def shared(self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, cache: KVCache,
-               prefix_width: int) -> torch.Tensor:
+               prefix_width: int, capture: dict | None = None) -> torch.Tensor:
         """The shared layers over new positions, appending to ``cache``; returns logits ``[B, T, V]``.
 
         Args:
@@ -396,11 +465,12 @@ class SpeechDecoder(nn.Module):
             else:
                 m = mask if i < n_pre else mask[:, :, prefix_width:]  # upper layers have no prefix
                 masks.append(additive(m, x.dtype))
-        h = self._run(self.layers, self.rotary_emb, x, positions, masks, cache)
+        h = self._run(self.layers, self.rotary_emb, x, positions, masks, cache, capture)
         return self.out_fnn(self.norm(h))
 
     # ------------------------------------------------------------------------------------------ training
-    def compute_logits(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def compute_logits(self, batch: dict[str, torch.Tensor], capture: dict | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced logits at the code rows ``[SOS, c1..cN]`` and their targets ``[c1..cN, EOS]``.
 
         Args:
@@ -408,6 +478,8 @@ class SpeechDecoder(nn.Module):
                 ``text_lens [B]``, ``codes [B, N]`` (padded with PAD),
                 ``code_lens [B]``, optionally ``prefix [B, Np, H]`` and ``prefix_lens [B]`` (used when the decoder
                 has a prefix decoder).
+            capture: ``{"layers": [i, ...]}``: receives the attention probabilities of those shared layers (see
+                :meth:`_run`) and ``"sem_lens"``, ``"S"`` (the semantic part's lengths and padded width).
 
         Returns:
             ``logits [B, N + 1, V]`` and ``targets [B, N + 1]`` (PAD where padded).
@@ -440,23 +512,35 @@ class SpeechDecoder(nn.Module):
         pos = torch.cat([torch.arange(S, device=dev).unsqueeze(0).expand(B, S),
                          sem_lens.unsqueeze(1) + torch.arange(C, device=dev).unsqueeze(0)], dim=1)
         mask = decoder_mask(prefix_lens, sem_lens, code_lens + 1, P, S, C)
-        logits = self.shared(x, pos, mask, cache, P)
+        if capture is not None:
+            capture.update(sem_lens=sem_lens, S=S)
+        logits = self.shared(x, pos, mask, cache, P, capture)
         return logits[:, S:], targets
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict[str, torch.Tensor], guide: "GuidedAttention | None" = None
+                ) -> dict[str, torch.Tensor]:
         """Training losses: ``{"loss": mean CE over real targets, "acc": top-1 accuracy, "eos_acc": accuracy at
         the EOS targets}`` (see :meth:`compute_logits` for ``batch``). Upstream sums the CE; the mean keeps the
-        learning rate independent of the batch's token count."""
-        logits, targets = self.compute_logits(batch)
+        learning rate independent of the batch's token count. With ``guide``, ``"guide"`` (the guided-attention
+        term, :func:`guided_attention_loss`) is added to the loss, times its weight."""
+        capture = {"layers": list(guide.layers)} if guide is not None and guide.weight > 0 else None
+        logits, targets = self.compute_logits(batch, capture)
         flat = logits.reshape(-1, logits.shape[-1]).float()
         loss = F.cross_entropy(flat, targets.reshape(-1), ignore_index=self.cfg.pad_id)
+        out: dict[str, torch.Tensor] = {}
+        if capture is not None:
+            g = torch.stack([guided_attention_loss(capture[i][:, :guide.heads], capture["sem_lens"],
+                                                   batch["code_lens"] + 1, capture["S"], guide.sigma)
+                             for i in guide.layers]).mean()
+            out.update(ce=loss.detach(), guide=g.detach())
+            loss = loss + guide.weight * g
         with torch.no_grad():
             real = targets != self.cfg.pad_id
             hit = (logits.argmax(-1) == targets) & real
             eos = targets == self.cfg.eos_id
             acc = hit.sum() / real.sum().clamp(min=1)
             eos_acc = (hit & eos).sum() / eos.sum().clamp(min=1)
-        return {"loss": loss, "acc": acc, "eos_acc": eos_acc}
+        return {"loss": loss, "acc": acc, "eos_acc": eos_acc, **out}
 
     @classmethod
     def from_bundle(cls, path: Any) -> "SpeechDecoder":

@@ -19,6 +19,7 @@ Config (YAML)::
     llm: smollm2-135m-instruct             # default: the bundle's, else the built-in
     system_prompt: "..."                   # default: the bundle's (stage 3 frames the answers with it)
     decoder: {preset: tiny_en}             # stage 2: preset + overrides; stage 3: overrides of the bundle's config
+    guided_attention: {weight: 1.0, sigma: 0.2, layers: [0, 1], heads: 2}   # optional (model.GuidedAttention)
     train_pre_nn: false                    # stage 3 only
     data: {train: M.jsonl, eval: E.jsonl, eval_limit: 200, max_seconds: 12}
     train: {...}                           # TrainConfig
@@ -36,7 +37,7 @@ import torch
 from torch import nn
 
 from freeze_omni.bundle import Bundle, save_component, write_bundle_config
-from freeze_omni.decoder.model import DecoderConfig, SpeechDecoder, build_decoder_config
+from freeze_omni.decoder.model import DecoderConfig, GuidedAttention, SpeechDecoder, build_decoder_config
 from freeze_omni.decoder.segmenter import normalize_tts
 
 log = logging.getLogger(__name__)
@@ -53,9 +54,10 @@ class DecoderStage(nn.Module):
         train_pre_nn: stage 3: also train the pre-network (upstream's code does).
     """
 
-    def __init__(self, decoder: SpeechDecoder, llm: nn.Module, stage: str, train_pre_nn: bool = False) -> None:
+    def __init__(self, decoder: SpeechDecoder, llm: nn.Module, stage: str, train_pre_nn: bool = False,
+                 guide: GuidedAttention | None = None) -> None:
         super().__init__()
-        self.decoder, self.llm, self.stage = decoder, llm, stage
+        self.decoder, self.llm, self.stage, self.guide = decoder, llm, stage, guide
         if stage not in ("decoder", "prefix"):
             raise ValueError(f"stage must be 'decoder' or 'prefix', got {stage!r}")
         if stage == "decoder":
@@ -83,11 +85,12 @@ class DecoderStage(nn.Module):
         return self
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        guide = self.guide
         if self.decoder.cfg.text_input == "phonemes":  # text_ids are phoneme ids
-            return self.decoder(batch)
+            return self.decoder(batch, guide)
         with torch.no_grad():
             text_embeds = self.llm.embed(batch["text_ids"])  # [B, L, H], frozen table
-        return self.decoder({**batch, "text_embeds": text_embeds})
+        return self.decoder({**batch, "text_embeds": text_embeds}, guide)
 
 
 class DecoderDataset(torch.utils.data.Dataset):
@@ -224,7 +227,8 @@ def _run(config: dict, resume: bool, stage: str) -> int:
     decoder = load_stage_decoder(config, stage, init, llm.hidden_size, codec.codebook_size)
     if decoder.cfg.codebook_size != codec.codebook_size:
         raise ValueError(f"decoder codebook {decoder.cfg.codebook_size} != codec codebook {codec.codebook_size}")
-    model = DecoderStage(decoder, llm, stage, bool(config.get("train_pre_nn", False)))
+    model = DecoderStage(decoder, llm, stage, bool(config.get("train_pre_nn", False)),
+                         GuidedAttention.from_dict(config.get("guided_attention")))
     log.info("stage %s: %.2f M trainable of %.2f M decoder parameters", stage,
              sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6, decoder.num_parameters() / 1e6)
     # 3. Data: codec tokens (+ hidden states) cached beside the manifests.

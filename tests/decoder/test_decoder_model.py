@@ -117,6 +117,7 @@ def test_recipe_configs_build():
 
     import yaml
 
+    from freeze_omni.decoder.model import GuidedAttention
     from freeze_omni.train.config import TrainConfig
 
     conf = Path(__file__).resolve().parents[2] / "recipes" / "tiny-en" / "conf"
@@ -124,7 +125,8 @@ def test_recipe_configs_build():
         cfg = yaml.safe_load((conf / f"{name}.yaml").read_text())
         TrainConfig.from_dict(cfg["train"])
         assert set(cfg) <= {"init_bundle", "codec_bundle", "llm", "system_prompt", "decoder", "train_pre_nn", "data",
-                            "train", "export"}
+                            "train", "export", "guided_attention"}
+        GuidedAttention.from_dict(cfg.get("guided_attention"))
         dcfg = build_decoder_config(cfg["decoder"] if name == "decoder" else {"preset": "tiny_en", **cfg["decoder"]},
                                     llm_hidden=576, codebook_size=1024)
         with torch.device("meta"):
@@ -149,3 +151,43 @@ def test_kv_cache_appends_in_place_without_autograd_and_concatenates_with_it():
         k, _ = cache.update(p, p, 0)
     k.sum().backward()
     assert all(p.grad is not None and torch.equal(p.grad, torch.ones_like(p)) for p in leaves)
+
+
+def test_attention_probs_match_the_layer_and_the_guide_scores_diagonals(make_decoder):
+    from freeze_omni.decoder.model import GuidedAttention, attention_probs, guided_attention_loss
+
+    dec = make_decoder(text_input="phonemes", use_prefix=False)
+    layer = dec.layers[0]
+    x = torch.randn(1, 6, dec.cfg.d_model)
+    pos = torch.arange(6)[None]
+    pe = dec.rotary_emb(x, pos)
+    full = torch.zeros(1, 1, 6, 6)  # an explicit mask, as every pass of the decoder has (None would be causal)
+    p = attention_probs(layer, x, pe, full)
+    # the probabilities reproduce the layer's own attention output
+    attn = layer.self_attn
+    v = attn.v_proj(layer.input_layernorm(x)).view(1, 6, -1, attn.head_dim).transpose(1, 2)
+    want = attn.o_proj((p @ v).transpose(1, 2).reshape(1, 6, -1))
+    got, _ = attn(layer.input_layernorm(x), position_embeddings=pe, attention_mask=full)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+    # 4 code rows reading 4 text positions: the diagonal costs ~0, the anti-diagonal much more
+    S, C, L = 5, 4, 4
+    diag = torch.zeros(1, 1, S + C, S + C)
+    anti = torch.zeros(1, 1, S + C, S + C)
+    for c in range(C):
+        diag[0, 0, S + c, 1 + c] = 1.0
+        anti[0, 0, S + c, 1 + L - 1 - c] = 1.0
+    sem, rows = torch.tensor([1 + L]), torch.tensor([C])
+    assert guided_attention_loss(diag, sem, rows, S) < 0.01 < 0.5 < guided_attention_loss(anti, sem, rows, S)
+
+    # in training, the term is reported and added; weight 0 (or no section) disables it
+    g = torch.Generator().manual_seed(0)
+    batch = {"text_ids": torch.randint(2, dec.cfg.n_symbols, (2, 5), generator=g), "text_lens": torch.tensor([5, 3]),
+             "codes": torch.randint(0, 16, (2, 7), generator=g), "code_lens": torch.tensor([7, 4])}
+    guide = GuidedAttention(weight=2.0, layers=(0, 1), heads=1)
+    out = dec(batch, guide)
+    torch.testing.assert_close(out["loss"], out["ce"] + 2.0 * out["guide"])
+    out["loss"].backward()
+    assert dec.layers[0].self_attn.q_proj.weight.grad is not None
+    assert GuidedAttention.from_dict(None) is None and GuidedAttention.from_dict({"weight": 0}) is None
+    assert "guide" not in dec(batch)
