@@ -477,7 +477,8 @@ class SpeechDecoder(nn.Module):
             batch: ``text_embeds [B, L, H]`` (with ``text_input: phonemes``: ``text_ids [B, L]`` phoneme ids),
                 ``text_lens [B]``, ``codes [B, N]`` (padded with PAD),
                 ``code_lens [B]``, optionally ``prefix [B, Np, H]`` and ``prefix_lens [B]`` (used when the decoder
-                has a prefix decoder).
+                has a prefix decoder) and ``input_codes [B, N]`` (the codes fed as history, when they differ from
+                the targets ``codes``).
             capture: ``{"layers": [i, ...]}``: receives the attention probabilities of those shared layers (see
                 :meth:`_run`) and ``"sem_lens"``, ``"S"`` (the semantic part's lengths and padded width).
 
@@ -501,7 +502,8 @@ class SpeechDecoder(nn.Module):
         S = sem.shape[1]
         # 3. Code part: SOS + codes in, codes + EOS out.
         pad = torch.full((B, 1), cfg.pad_id, dtype=torch.long, device=dev)
-        inp = torch.cat([torch.full((B, 1), cfg.sos_id, dtype=torch.long, device=dev), codes], dim=1)  # [B, N+1]
+        fed = batch.get("input_codes", codes)  # what the code rows read (a corrupted copy in training: code_noise)
+        inp = torch.cat([torch.full((B, 1), cfg.sos_id, dtype=torch.long, device=dev), fed], dim=1)  # [B, N+1]
         inp = inp.masked_fill(~lengths_mask(code_lens + 1, N + 1), cfg.pad_id)
         targets = torch.cat([codes, pad], dim=1)  # [B, N+1]
         targets = targets.masked_fill(~lengths_mask(code_lens, N + 1), cfg.pad_id)

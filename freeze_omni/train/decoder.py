@@ -20,6 +20,7 @@ Config (YAML)::
     system_prompt: "..."                   # default: the bundle's (stage 3 frames the answers with it)
     decoder: {preset: tiny_en}             # stage 2: preset + overrides; stage 3: overrides of the bundle's config
     guided_attention: {weight: 1.0, sigma: 0.2, layers: [0, 1], heads: 2}   # optional (model.GuidedAttention)
+    code_noise: 0.0                        # stage 2: share of the fed code history replaced by random codes
     train_pre_nn: false                    # stage 3 only
     data: {train: M.jsonl, eval: E.jsonl, eval_limit: 200, max_seconds: 12}
     train: {...}                           # TrainConfig
@@ -55,9 +56,9 @@ class DecoderStage(nn.Module):
     """
 
     def __init__(self, decoder: SpeechDecoder, llm: nn.Module, stage: str, train_pre_nn: bool = False,
-                 guide: GuidedAttention | None = None) -> None:
+                 guide: GuidedAttention | None = None, code_noise: float = 0.0) -> None:
         super().__init__()
-        self.decoder, self.llm, self.stage, self.guide = decoder, llm, stage, guide
+        self.decoder, self.llm, self.stage, self.guide, self.code_noise = decoder, llm, stage, guide, code_noise
         if stage not in ("decoder", "prefix"):
             raise ValueError(f"stage must be 'decoder' or 'prefix', got {stage!r}")
         if stage == "decoder":
@@ -86,6 +87,11 @@ class DecoderStage(nn.Module):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         guide = self.guide
+        if self.training and self.code_noise > 0:  # history with wrong tokens, as free generation meets it
+            codes = batch["codes"]
+            wrong = torch.rand(codes.shape, device=codes.device) < self.code_noise
+            noise = torch.randint_like(codes, self.decoder.cfg.codebook_size)
+            batch = {**batch, "input_codes": torch.where(wrong, noise, codes)}
         if self.decoder.cfg.text_input == "phonemes":  # text_ids are phoneme ids
             return self.decoder(batch, guide)
         with torch.no_grad():
@@ -228,7 +234,8 @@ def _run(config: dict, resume: bool, stage: str) -> int:
     if decoder.cfg.codebook_size != codec.codebook_size:
         raise ValueError(f"decoder codebook {decoder.cfg.codebook_size} != codec codebook {codec.codebook_size}")
     model = DecoderStage(decoder, llm, stage, bool(config.get("train_pre_nn", False)),
-                         GuidedAttention.from_dict(config.get("guided_attention")))
+                         GuidedAttention.from_dict(config.get("guided_attention")),
+                         float(config.get("code_noise", 0.0)))
     log.info("stage %s: %.2f M trainable of %.2f M decoder parameters", stage,
              sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6, decoder.num_parameters() / 1e6)
     # 3. Data: codec tokens (+ hidden states) cached beside the manifests.

@@ -191,3 +191,23 @@ def test_attention_probs_match_the_layer_and_the_guide_scores_diagonals(make_dec
     assert dec.layers[0].self_attn.q_proj.weight.grad is not None
     assert GuidedAttention.from_dict(None) is None and GuidedAttention.from_dict({"weight": 0}) is None
     assert "guide" not in dec(batch)
+
+
+def test_code_noise_corrupts_the_fed_history_only(make_decoder):
+    from freeze_omni.train.decoder import DecoderStage
+
+    dec = make_decoder(text_input="phonemes", use_prefix=False)
+    g = torch.Generator().manual_seed(1)
+    batch = {"text_ids": torch.randint(2, dec.cfg.n_symbols, (2, 5), generator=g), "text_lens": torch.tensor([5, 3]),
+             "codes": torch.randint(0, 16, (2, 9), generator=g), "code_lens": torch.tensor([9, 6])}
+    same, _ = dec.compute_logits({**batch, "input_codes": batch["codes"]})
+    plain, targets = dec.compute_logits(batch)
+    torch.testing.assert_close(same, plain)
+    stage = DecoderStage(dec, llm=None, stage="decoder", code_noise=1.0)
+    seen = []
+    dec.compute_logits = lambda b, capture=None: seen.append(b) or (plain, targets)  # record what the decoder gets
+    stage.train()(batch)
+    assert torch.equal(seen[-1]["codes"], batch["codes"])  # targets untouched
+    assert not torch.equal(seen[-1]["input_codes"], batch["codes"]) and int(seen[-1]["input_codes"].max()) < 16
+    stage.eval()(batch)
+    assert "input_codes" not in seen[-1]  # evaluation feeds the true history
