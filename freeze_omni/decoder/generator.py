@@ -108,7 +108,7 @@ class SpeechGenerator:
         self.decoder, self.llm, self.cfg = decoder, llm, cfg or GenerationConfig()
         self.device = decoder.embedding.weight.device
         self.rng = torch.Generator(device=self.device).manual_seed(seed)
-        self._phonemizer = None
+        self._tokenize: Callable[[str], list[int]] | None = None
 
     def reseed(self, seed: int) -> None:
         self.rng.manual_seed(seed)
@@ -187,18 +187,11 @@ class SpeechGenerator:
     # ------------------------------------------------------------------------------------ text level
     def text_inputs(self, text: str) -> torch.Tensor:
         """What :meth:`start` reads for ``text``: ``[1, L]`` phoneme ids, or ``[1, L, H]`` LLM input embeddings
-        (tokenized as training did: ``llm.tokenize(text)``)."""
-        cfg = self.decoder.cfg
-        if cfg.text_input == "phonemes":
-            if self._phonemizer is None:
-                from freeze_omni.decoder.phonemes import Phonemizer
-
-                self._phonemizer = Phonemizer(cfg.phoneme_voice, cfg.symbols)
-            return torch.tensor([self._phonemizer.ids(text)], dtype=torch.long)
-        if self.llm is None:
-            raise ValueError("SpeechGenerator needs an llm to embed text")
-        ids = torch.tensor([self.llm.tokenize(text)], dtype=torch.long)
-        return self.llm.embed(ids)
+        (tokenized as training did, :func:`text_tokenizer`)."""
+        if self._tokenize is None:
+            self._tokenize = text_tokenizer(self.decoder.cfg, self.llm)
+        ids = torch.tensor([self._tokenize(text)], dtype=torch.long)
+        return ids if self.decoder.cfg.text_input == "phonemes" else self.llm.embed(ids)
 
     def iter_tokens(self, text: str, hidden: torch.Tensor | None = None) -> Iterator[int]:
         """Yield the codec tokens of one segment as they are sampled.
@@ -226,6 +219,18 @@ class SpeechGenerator:
         if on_tokens is not None and pending:
             on_tokens(pending)
         return out
+
+
+def text_tokenizer(cfg: Any, llm: Any = None) -> Callable[[str], list[int]]:
+    """Text -> the ids a decoder with config ``cfg`` reads: phoneme ids (``text_input: phonemes``) or ``llm``'s token
+    ids, which the LLM's embedding table then embeds. Training (output stage 2) and generation use the same one."""
+    if cfg.text_input == "phonemes":
+        from freeze_omni.decoder.phonemes import Phonemizer
+
+        return Phonemizer(cfg.phoneme_voice, cfg.symbols).ids
+    if llm is None:
+        raise ValueError("SpeechGenerator needs an llm to embed text")
+    return llm.tokenize
 
 
 @torch.no_grad()

@@ -33,6 +33,7 @@ from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import (LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding,
                                                       apply_rotary_pos_emb)
 
+from freeze_omni.decoder.phonemes import DEFAULT_SYMBOLS, N_SPECIAL, PAD
 from freeze_omni.ragged import append_in_room, ragged_layers
 
 LLM_MAPS = ("split", "project")
@@ -70,8 +71,6 @@ class DecoderConfig:
         if self.text_input not in TEXT_INPUTS:
             raise ValueError(f"text_input must be one of {TEXT_INPUTS}, got {self.text_input!r}")
         if self.text_input == "phonemes" and not self.symbols:
-            from freeze_omni.decoder.phonemes import DEFAULT_SYMBOLS
-
             self.symbols = DEFAULT_SYMBOLS
         if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
             raise ValueError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}")
@@ -108,8 +107,6 @@ class DecoderConfig:
     @property
     def n_symbols(self) -> int:
         """Phoneme ids (PAD, UNK and the inventory); 0 with LLM text input."""
-        from freeze_omni.decoder.phonemes import N_SPECIAL
-
         return len(self.symbols) + N_SPECIAL if self.text_input == "phonemes" else 0
 
     @property
@@ -343,7 +340,7 @@ class SpeechDecoder(nn.Module):
             self.layers_prefix = nn.ModuleList(LlamaDecoderLayer(lcfg, i) for i in range(cfg.n_prefix))
             self.rotary_emb_prefix = LlamaRotaryEmbedding(lcfg)
         if cfg.text_input == "phonemes":
-            self.symbol_embedding = nn.Embedding(cfg.n_symbols, cfg.d_model, padding_idx=0)
+            self.symbol_embedding = nn.Embedding(cfg.n_symbols, cfg.d_model, padding_idx=PAD)
         if cfg.llm_map == "project":
             if cfg.text_input == "llm":
                 self.input_proj = nn.Linear(cfg.llm_hidden, cfg.d_model)

@@ -86,17 +86,16 @@ class DecoderStage(nn.Module):
         return self
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        guide = self.guide
         if self.training and self.code_noise > 0:  # history with wrong tokens, as free generation meets it
             codes = batch["codes"]
             wrong = torch.rand(codes.shape, device=codes.device) < self.code_noise
             noise = torch.randint_like(codes, self.decoder.cfg.codebook_size)
             batch = {**batch, "input_codes": torch.where(wrong, noise, codes)}
         if self.decoder.cfg.text_input == "phonemes":  # text_ids are phoneme ids
-            return self.decoder(batch, guide)
+            return self.decoder(batch, self.guide)
         with torch.no_grad():
             text_embeds = self.llm.embed(batch["text_ids"])  # [B, L, H], frozen table
-        return self.decoder({**batch, "text_embeds": text_embeds}, guide)
+        return self.decoder({**batch, "text_embeds": text_embeds}, self.guide)
 
 
 class DecoderDataset(torch.utils.data.Dataset):
@@ -211,7 +210,7 @@ def _run(config: dict, resume: bool, stage: str) -> int:
     from freeze_omni.llm.backbone import FrozenLLM
     from freeze_omni.llm.loader import llm_settings
     from freeze_omni.train import TrainConfig, Trainer
-    from freeze_omni.decoder.generator import answer_hidden
+    from freeze_omni.decoder.generator import answer_hidden, text_tokenizer
     from freeze_omni.train.decoder_data import codec_items
 
     tcfg = TrainConfig.from_dict(config["train"])
@@ -246,11 +245,7 @@ def _run(config: dict, resume: bool, stage: str) -> int:
     extra = {"llm": fp_before, "system": system} if stage == "prefix" else None
     kind, text_key = ("prefix", "answer") if stage == "prefix" else ("codes", "text")
 
-    tokenize = llm.tokenize
-    if decoder.cfg.text_input == "phonemes":
-        from freeze_omni.decoder.phonemes import Phonemizer
-
-        tokenize = Phonemizer(decoder.cfg.phoneme_voice, decoder.cfg.symbols).ids
+    tokenize = text_tokenizer(decoder.cfg, llm)
 
     def dataset(path: str, limit: Optional[int] = None) -> DecoderDataset:
         rows = read_manifest(path)[:limit]
